@@ -1,0 +1,166 @@
+/**
+ * Every error drizzle-byok throws on purpose is a `ByokError` with a stable `code`.
+ *
+ * Rules every subclass follows:
+ * - messages never contain plaintext, key bytes, wrapped keys or query parameters;
+ *   they name tenants, tables, columns and key references (ARNs, resource names), which are not secret;
+ * - every failure to decrypt a field is the one generic `DecryptionFailedError`, whatever the cause
+ *   (tag, AAD, key, truncation): no oracle;
+ * - misuse by the programmer (a bad argument) is a `ByokConfigError` naming what to fix;
+ * - `cause` is passed through for diagnosis, after redaction where the cause could carry secrets.
+ */
+export class ByokError extends Error {
+  static code = 'ERR_BYOK';
+  readonly code: string;
+  /** Tenant the failure concerns, when known. Tenant ids are identifiers, not secrets. */
+  readonly tenantId?: string;
+
+  constructor(message: string, options?: { cause?: unknown; tenantId?: string }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    if (options?.tenantId !== undefined) this.tenantId = options.tenantId;
+    this.code = (new.target as typeof ByokError).code;
+  }
+}
+
+/** Bad configuration or a bad argument: the message says what to fix. */
+export class ByokConfigError extends ByokError {
+  static override code = 'ERR_BYOK_CONFIG';
+}
+
+/** A field could not be decrypted. Deliberately says nothing about why. */
+export class DecryptionFailedError extends ByokError {
+  static override code = 'ERR_BYOK_DECRYPTION_FAILED';
+  constructor(options?: { cause?: unknown; tenantId?: string; column?: string }) {
+    super(
+      options?.column === undefined
+        ? 'decryption operation failed'
+        : `decryption operation failed (column ${options.column})`,
+      options,
+    );
+  }
+}
+
+/** An encrypted value was written, or read, with no tenant in scope. */
+export class NoTenantError extends ByokError {
+  static override code = 'ERR_BYOK_NO_TENANT';
+}
+
+/** The tenant in scope and the tenant of a row (or of a ciphertext) differ. */
+export class TenantMismatchError extends ByokError {
+  static override code = 'ERR_BYOK_TENANT_MISMATCH';
+}
+
+/** An encrypted column was compared with a plain value (`eq(t.email, 'x')`) or a raw placeholder. */
+export class EncryptedComparisonError extends ByokError {
+  static override code = 'ERR_BYOK_ENCRYPTED_COMPARISON';
+}
+
+/** An encrypted column was used through a Drizzle instance that `withEncryption` did not wrap. */
+export class NotWrappedError extends ByokError {
+  static override code = 'ERR_BYOK_NOT_WRAPPED';
+}
+
+/** A sealed placeholder reached a place where it would have been serialized (driver, JSON, string). */
+export class PlaceholderLeakError extends ByokError {
+  static override code = 'ERR_BYOK_PLACEHOLDER_LEAK';
+}
+
+/** The tenant has no data key (never written, or shredded). */
+export class KeyNotFoundError extends ByokError {
+  static override code = 'ERR_BYOK_KEY_NOT_FOUND';
+}
+
+/** The tenant's data keys were destroyed by `shred`: its data can never be read again. */
+export class TenantShreddedError extends ByokError {
+  static override code = 'ERR_BYOK_TENANT_SHREDDED';
+}
+
+/** The KMS refused access to the key-encryption key (revoked grant, IAM change, wrong principal). */
+export class KeyAccessDeniedError extends ByokError {
+  static override code = 'ERR_BYOK_KEY_ACCESS_DENIED';
+}
+
+/** The key-encryption key is disabled, or pending deletion / destroyed. */
+export class KeyDisabledError extends ByokError {
+  static override code = 'ERR_BYOK_KEY_DISABLED';
+}
+
+/** The key-encryption key does not exist (wrong ARN or resource name, wrong region, deleted). */
+export class KekNotFoundError extends ByokError {
+  static override code = 'ERR_BYOK_KEK_NOT_FOUND';
+}
+
+/** The key exists but cannot wrap data keys (wrong key usage, key spec or purpose). */
+export class KeyUsageError extends ByokError {
+  static override code = 'ERR_BYOK_KEY_USAGE';
+}
+
+/** The KMS could not be reached or did not answer in time, after retries. */
+export class KmsUnavailableError extends ByokError {
+  static override code = 'ERR_BYOK_KMS_UNAVAILABLE';
+}
+
+/** The KMS throttled us beyond the retry budget. */
+export class KmsThrottledError extends ByokError {
+  static override code = 'ERR_BYOK_KMS_THROTTLED';
+}
+
+/** A KMS answer failed an integrity check (e.g. Cloud KMS CRC32C), or unwrapped to something that is not a data key. */
+export class KmsIntegrityError extends ByokError {
+  static override code = 'ERR_BYOK_KMS_INTEGRITY';
+}
+
+/** A credential for the KMS was rejected or could not be obtained (STS, web identity, service account). */
+export class KmsCredentialsError extends ByokError {
+  static override code = 'ERR_BYOK_KMS_CREDENTIALS';
+}
+
+/** Writes are refused for this column right now (retrofit read mode `read-only`). */
+export class WriteRefusedError extends ByokError {
+  static override code = 'ERR_BYOK_WRITE_REFUSED';
+}
+
+/** A unique constraint on a blind index was violated. */
+export class UniqueViolationError extends ByokError {
+  static override code = 'ERR_BYOK_UNIQUE_VIOLATION';
+}
+
+/** A lifecycle operation could not take the tenant's lock in time. */
+export class LifecycleBusyError extends ByokError {
+  static override code = 'ERR_BYOK_LIFECYCLE_BUSY';
+}
+
+export type ByokErrorCode =
+  | typeof ByokError.code
+  | typeof ByokConfigError.code
+  | typeof DecryptionFailedError.code
+  | typeof NoTenantError.code
+  | typeof TenantMismatchError.code
+  | typeof EncryptedComparisonError.code
+  | typeof NotWrappedError.code
+  | typeof PlaceholderLeakError.code
+  | typeof KeyNotFoundError.code
+  | typeof TenantShreddedError.code
+  | typeof KeyAccessDeniedError.code
+  | typeof KeyDisabledError.code
+  | typeof KekNotFoundError.code
+  | typeof KeyUsageError.code
+  | typeof KmsUnavailableError.code
+  | typeof KmsThrottledError.code
+  | typeof KmsIntegrityError.code
+  | typeof KmsCredentialsError.code
+  | typeof WriteRefusedError.code
+  | typeof UniqueViolationError.code
+  | typeof LifecycleBusyError.code;
+
+/** True for any error thrown by drizzle-byok on purpose (works across duplicate installs). */
+export function isByokError(e: unknown): e is ByokError {
+  return (
+    e instanceof ByokError ||
+    (typeof e === 'object' &&
+      e !== null &&
+      typeof (e as { code?: unknown }).code === 'string' &&
+      (e as { code: string }).code.startsWith('ERR_BYOK'))
+  );
+}

@@ -1,0 +1,60 @@
+/**
+ * The key-encryption key (KEK) interface. A KEK wraps and unwraps data keys (DEKs); the KEK itself
+ * never leaves its KMS (or, for `localKek`, the process). Providers: `localKek` (platform key from
+ * configuration), `awsKms` (`drizzle-byok/aws`), `gcpKms` (`drizzle-byok/gcp`).
+ *
+ * Contract every provider follows:
+ * - `wrap`/`unwrap` bind `context.tenantId` and `context.dekId` to the wrapped key (AWS
+ *   EncryptionContext, Cloud KMS additionalAuthenticatedData, AES-GCM AAD for the local KEK), so a
+ *   wrapped DEK copied to another tenant or another DEK record cannot be unwrapped;
+ * - failures are mapped to the typed errors of `../errors.ts` (`KeyAccessDeniedError`,
+ *   `KeyDisabledError`, `KekNotFoundError`, `KeyUsageError`, `KmsUnavailableError`,
+ *   `KmsThrottledError`, `KmsIntegrityError`, `KmsCredentialsError`); messages carry key references only;
+ * - `toConfig()` returns everything needed to rebuild the provider on another instance; fields listed
+ *   in `secretFields` are stored encrypted under the platform key and never returned by status calls.
+ */
+export interface WrapContext {
+  readonly tenantId: string;
+  /** The DEK record id (UUID text). */
+  readonly dekId: string;
+}
+
+export type KekKind = 'local' | 'aws-kms' | 'gcp-kms';
+
+export interface KeyDescription {
+  /** 'enabled' when the key can wrap and unwrap now. */
+  readonly state: 'enabled' | 'disabled' | 'pending-deletion' | 'destroyed' | 'unknown';
+  /** Provider's own words for the state (e.g. AWS KeyState, Cloud KMS version state). */
+  readonly providerState?: string;
+  /** Region or location of the key, when the provider has one. */
+  readonly region?: string;
+  /** Non-secret details worth showing an administrator (key spec, usage, rotation). */
+  readonly details?: Readonly<Record<string, string | number | boolean | null>>;
+}
+
+/** Serializable configuration of a KEK. `secret` holds credentials and is stored encrypted. */
+export interface KekConfig {
+  readonly kind: KekKind;
+  /** Non-secret parameters (key ARN, region, role ARN, resource name, endpoint...). */
+  readonly params: Readonly<Record<string, unknown>>;
+  /** Secret parameters (access keys, service-account private key); never logged nor returned. */
+  readonly secret?: Readonly<Record<string, unknown>>;
+}
+
+export interface Kek {
+  readonly kind: KekKind;
+  /** Stable, non-secret identifier of the key (ARN, Cloud KMS resource name, `local:<fingerprint>`). */
+  readonly keyRef: string;
+  /** Region / location used to prefer a KEK during unwrap failover; undefined for global keys. */
+  readonly region?: string;
+  wrap(dek: Uint8Array, context: WrapContext): Promise<Uint8Array>;
+  unwrap(wrapped: Uint8Array, context: WrapContext): Promise<Uint8Array>;
+  /** Key state check (DescribeKey / GetCryptoKey). */
+  describe(): Promise<KeyDescription>;
+  toConfig(): KekConfig;
+  /** Release clients (sockets, gRPC channels). Optional. */
+  close?(): Promise<void>;
+}
+
+/** Rebuilds a KEK from stored configuration; registered per kind with the keyring. */
+export type KekFactory = (config: KekConfig) => Kek | Promise<Kek>;
