@@ -1,0 +1,66 @@
+-- drizzle-byok key store. Idempotent: safe to run more than once.
+-- Matches the Drizzle schema exported as `drizzle-byok/schema`.
+CREATE SCHEMA IF NOT EXISTS byok;
+
+CREATE TABLE IF NOT EXISTS byok.tenants (
+  tenant_id        text PRIMARY KEY,
+  mode             text NOT NULL DEFAULT 'platform',
+  state            text NOT NULL DEFAULT 'active',
+  progress         jsonb,
+  health           text NOT NULL DEFAULT 'ok',
+  last_verified_at timestamptz,
+  last_error       text,
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS byok.keks (
+  id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  tenant_id        text NOT NULL REFERENCES byok.tenants (tenant_id) ON DELETE CASCADE,
+  kind             text NOT NULL,
+  key_ref          text NOT NULL,
+  region           text,
+  priority         integer NOT NULL DEFAULT 0,
+  state            text NOT NULL DEFAULT 'active',
+  params           jsonb NOT NULL,
+  secret           bytea,
+  secret_key       bytea,
+  secret_key_ref   text,
+  health           text NOT NULL DEFAULT 'ok',
+  last_verified_at timestamptz,
+  last_error       text,
+  created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS keks_tenant_idx ON byok.keks (tenant_id);
+
+CREATE TABLE IF NOT EXISTS byok.deks (
+  id         uuid PRIMARY KEY,
+  tenant_id  text NOT NULL REFERENCES byok.tenants (tenant_id) ON DELETE CASCADE,
+  version    integer NOT NULL,
+  state      text NOT NULL DEFAULT 'active',
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS deks_tenant_version_uq ON byok.deks (tenant_id, version);
+-- At most one active data key per tenant: the lazy first write races on this index.
+CREATE UNIQUE INDEX IF NOT EXISTS deks_one_active_uq ON byok.deks (tenant_id) WHERE state = 'active';
+
+CREATE TABLE IF NOT EXISTS byok.dek_wraps (
+  dek_id     uuid NOT NULL REFERENCES byok.deks (id) ON DELETE CASCADE,
+  kek_id     uuid REFERENCES byok.keks (id) ON DELETE CASCADE,
+  kek_ref    text NOT NULL,
+  wrapped    bytea NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (dek_id, kek_ref)
+);
+
+CREATE TABLE IF NOT EXISTS byok.audit (
+  id         bigserial PRIMARY KEY,
+  at         timestamptz NOT NULL DEFAULT now(),
+  tenant_id  text,
+  operation  text NOT NULL,
+  key_ref    text,
+  outcome    text NOT NULL,
+  latency_ms integer,
+  detail     jsonb
+);
+CREATE INDEX IF NOT EXISTS audit_tenant_at_idx ON byok.audit (tenant_id, at);

@@ -1,0 +1,348 @@
+import type { Table } from 'drizzle-orm';
+import { customType, type PgColumn } from 'drizzle-orm/pg-core';
+import { open, seal } from '../crypto/aead.ts';
+import {
+  bigintCodec,
+  booleanCodec,
+  bytesCodec,
+  type Codec,
+  integerCodec,
+  jsonCodec,
+  numericCodec,
+  textCodec,
+  timestampCodec,
+} from '../crypto/codecs.ts';
+import { envelopeDekId, looksLikeEnvelope, TEXT_PREFIX, toBytes } from '../crypto/envelope.ts';
+import {
+  ByokConfigError,
+  DecryptionFailedError,
+  NoTenantError,
+  NotWrappedError,
+  TenantMismatchError,
+  WriteRefusedError,
+} from '../errors.ts';
+import type { DekEntry } from '../keys/cache.ts';
+import type { Keyring } from '../keys/keyring.ts';
+import { PendingRead, PendingWrite } from './placeholders.ts';
+import { scopeStorage, type TenantScope } from './scope.ts';
+
+/**
+ * How a column behaves while a retrofit is under way:
+ * - `strict` (default): only ciphertext is accepted on read; plaintext is a decryption failure.
+ * - `passthrough`: values that are not ciphertext are returned as they are (text storage, during a
+ *   backfill); every write is encrypted.
+ * - `read-only`: reads as `passthrough`, and every write is refused with `WriteRefusedError`
+ *   (freeze a column while it is rolled back or re-keyed).
+ */
+export type ReadMode = 'strict' | 'passthrough' | 'read-only';
+
+export interface EncryptedColumnOptions {
+  /**
+   * `bytea` (default): the binary envelope in a `bytea` column. `text`: `byok1:` + base64 of the
+   * envelope in a `text` column, for in-place retrofit of existing text columns.
+   */
+  storage?: 'bytea' | 'text';
+  /**
+   * The context bound into the ciphertext (AAD and key derivation). Default `schema.table.column`
+   * as declared (schema `public` when none). Set it explicitly to keep data readable across a later
+   * rename of the table or column.
+   */
+  context?: string;
+  /** Retrofit read mode; default `strict`. */
+  mode?: ReadMode;
+}
+
+/** What the middleware knows about an encrypted column; attached to the built Drizzle column. */
+export interface EncryptedColumnState {
+  readonly codec: Codec<unknown>;
+  readonly context: string;
+  /** `table.column`, for messages. */
+  readonly label: string;
+  readonly storage: 'bytea' | 'text';
+  readonly mode: ReadMode;
+  /** Last (entry, field key) used: avoids a map lookup per field on the hot path. */
+  memo: { entry: DekEntry; fk: ReturnType<Keyring['fieldKey']> } | undefined;
+}
+
+const TABLE_SCHEMA = Symbol.for('drizzle:Schema');
+const TABLE_ORIGINAL_NAME = Symbol.for('drizzle:OriginalName');
+
+export const COLUMN_STATE: unique symbol = Symbol.for('drizzle-byok:encrypted-column') as never;
+
+/** The encrypted-column state of a Drizzle column (also through table aliases), or undefined. */
+export function encryptedState(column: unknown): EncryptedColumnState | undefined {
+  return (column as { [COLUMN_STATE]?: EncryptedColumnState } | null)?.[COLUMN_STATE];
+}
+
+/** Per-query context the middleware puts in the async scope around execution. */
+export interface QueryContext extends TenantScope {
+  readonly keyring: Keyring;
+  /** undefined when the query runs outside any tenant scope. */
+  readonly tenantId: string | null;
+  readonly scoped: boolean;
+  readonly pending: PendingRead[];
+}
+
+/** Set synchronously by the wrapped dialect while Drizzle turns SQL into a query string. */
+export interface BuildContext {
+  readonly keyring: Keyring;
+  /** Row tenants of encrypted insert values, in the order Drizzle maps them. */
+  readonly rowTenants: { value: unknown; tenantId: string }[];
+  cursor: number;
+}
+
+let currentBuild: BuildContext | undefined;
+
+/** Runs `fn` (synchronous) with `ctx` as the build context. */
+export function inBuildContext<T>(ctx: BuildContext, fn: () => T): T {
+  const prev = currentBuild;
+  currentBuild = ctx;
+  try {
+    return fn();
+  } finally {
+    currentBuild = prev;
+  }
+}
+
+function writeTenant(state: EncryptedColumnState, build: BuildContext, value: unknown): string {
+  let rowTenant: string | undefined;
+  const q = build.rowTenants;
+  if (build.cursor < q.length) {
+    const next = q[build.cursor]!;
+    if (next.value === value) {
+      rowTenant = next.tenantId;
+      build.cursor++;
+    }
+  }
+  const scope = scopeStorage.getStore();
+  const scoped = scope?.tenantId;
+  if (rowTenant !== undefined) {
+    if (typeof scoped === 'string' && scoped !== rowTenant) {
+      throw new TenantMismatchError(
+        `a row for tenant ${rowTenant} was written to ${state.label} inside the scope of tenant ${scoped}`,
+        {
+          tenantId: scoped,
+        },
+      );
+    }
+    return rowTenant;
+  }
+  if (typeof scoped === 'string') return scoped;
+  throw new NoTenantError(
+    `writing encrypted column ${state.label} needs a tenant: run it inside keyring.withTenant(tenantId, ...)` +
+      (scoped === null ? ' (withAnyTenant allows reads only), or give the row a tenant column' : ''),
+  );
+}
+
+function toDriver(this: PgColumn, value: unknown): Buffer | string | PendingWrite {
+  const state = encryptedState(this)!;
+  const build = currentBuild;
+  if (build === undefined) {
+    throw new NotWrappedError(
+      `encrypted column ${state.label} was used through a Drizzle instance not wrapped by withEncryption(db, keyring)`,
+    );
+  }
+  if (state.mode === 'read-only')
+    throw new WriteRefusedError(`writes to ${state.label} are refused (mode 'read-only')`);
+  const tenantId = writeTenant(state, build, value);
+  let plaintext: Uint8Array;
+  try {
+    plaintext = state.codec.encode(value);
+  } catch (e) {
+    throw new ByokConfigError(
+      `encrypted.${state.codec.name} column ${state.label}: ${(e as Error).message}`,
+      { tenantId },
+    );
+  }
+  const entry = build.keyring.cache.active(tenantId);
+  if (entry === undefined) return new PendingWrite(tenantId, state, plaintext);
+  build.keyring.countHotHit();
+  return sealFor(build.keyring, state, entry, plaintext);
+}
+
+/** Encrypts for a column with a known data key, in the column's storage format. */
+export function sealFor(
+  keyring: Keyring,
+  state: EncryptedColumnState,
+  entry: DekEntry,
+  plaintext: Uint8Array,
+): Buffer | string {
+  const env = seal(fieldKeyFor(keyring, state, entry), plaintext);
+  return state.storage === 'text' ? TEXT_PREFIX + env.toString('base64') : env;
+}
+
+function fieldKeyFor(
+  keyring: Keyring,
+  state: EncryptedColumnState,
+  entry: DekEntry,
+): ReturnType<Keyring['fieldKey']> {
+  const m = state.memo;
+  if (m !== undefined && m.entry === entry && !entry.evicted) return m.fk;
+  const fk = keyring.fieldKey(entry, state.context);
+  state.memo = { entry, fk };
+  return fk;
+}
+
+function noReadScope(state: EncryptedColumnState): NoTenantError {
+  return new NoTenantError(
+    `reading encrypted column ${state.label} needs a tenant scope: keyring.withTenant(tenantId, ...) or keyring.withAnyTenant(...)`,
+  );
+}
+
+export function checkReadTenant(q: QueryContext, state: EncryptedColumnState, entry: DekEntry): void {
+  if (!q.scoped) throw noReadScope(state);
+  if (q.tenantId !== null && entry.tenantId !== q.tenantId) {
+    throw new TenantMismatchError(`a value of ${state.label} belongs to another tenant than ${q.tenantId}`, {
+      tenantId: q.tenantId,
+    });
+  }
+}
+
+/** Decrypts an envelope with a loaded data key and decodes it. */
+export function openFor(
+  keyring: Keyring,
+  state: EncryptedColumnState,
+  entry: DekEntry,
+  env: Buffer,
+): unknown {
+  const pt = open(fieldKeyFor(keyring, state, entry), env);
+  try {
+    return state.codec.decode(pt);
+  } catch {
+    throw new DecryptionFailedError({ column: state.label, tenantId: entry.tenantId });
+  }
+}
+
+/** Parses a stored value into envelope bytes; undefined means "plaintext" (passthrough modes). */
+function envelopeOf(state: EncryptedColumnState, value: unknown): Buffer | undefined {
+  if (state.storage === 'text') {
+    if (typeof value !== 'string' || !value.startsWith(TEXT_PREFIX)) return undefined;
+    const b = Buffer.from(value.slice(TEXT_PREFIX.length), 'base64');
+    return looksLikeEnvelope(b) ? b : Buffer.alloc(0);
+  }
+  const b = toBytes(value);
+  if (b === undefined || !looksLikeEnvelope(b)) return undefined;
+  return b;
+}
+
+function fromDriver(this: PgColumn, value: unknown): unknown {
+  const state = encryptedState(this)!;
+  const q = scopeStorage.getStore() as QueryContext | undefined;
+  if (q?.pending === undefined) {
+    throw new NotWrappedError(
+      `encrypted column ${state.label} was read through a Drizzle instance not wrapped by withEncryption(db, keyring)`,
+    );
+  }
+  if (!q.scoped) throw noReadScope(state);
+  const env = envelopeOf(state, value);
+  if (env === undefined || env.length === 0) {
+    if (env === undefined && state.mode !== 'strict') return passthrough(state, value);
+    throw new DecryptionFailedError({ column: state.label });
+  }
+  const entry = q.keyring.cache.lookupEnvelope(env);
+  if (entry === undefined) {
+    const p = new PendingRead(env, envelopeDekId(env), state);
+    q.pending.push(p);
+    return p;
+  }
+  checkReadTenant(q, state, entry);
+  q.keyring.countHotHit();
+  return openFor(q.keyring, state, entry, env);
+}
+
+function passthrough(state: EncryptedColumnState, value: unknown): unknown {
+  if (state.storage === 'text' && typeof value === 'string') {
+    if (state.codec.name === 'json') {
+      try {
+        return JSON.parse(value);
+      } catch {
+        throw new DecryptionFailedError({ column: state.label });
+      }
+    }
+    if (state.codec.name === 'text' || state.codec.name === 'numeric') return value;
+  }
+  const b = toBytes(value);
+  if (b !== undefined) {
+    try {
+      return state.codec.decode(b);
+    } catch {
+      throw new DecryptionFailedError({ column: state.label });
+    }
+  }
+  throw new DecryptionFailedError({ column: state.label });
+}
+
+type Built<T> = ReturnType<ReturnType<typeof customType<{ data: T; driverData: Buffer | string }>>>;
+
+function encryptedType<T>(codecFactory: () => Codec<T>) {
+  function column(name: string, options?: EncryptedColumnOptions): Built<T>;
+  function column(options?: EncryptedColumnOptions): Built<T>;
+  function column(a?: string | EncryptedColumnOptions, b?: EncryptedColumnOptions): Built<T> {
+    const name = typeof a === 'string' ? a : undefined;
+    const options = (typeof a === 'string' ? b : a) ?? {};
+    const storage = options.storage ?? 'bytea';
+    if (storage !== 'bytea' && storage !== 'text')
+      throw new ByokConfigError(`storage must be 'bytea' or 'text', got '${String(storage)}'`);
+    const mode = options.mode ?? 'strict';
+    if (mode !== 'strict' && mode !== 'passthrough' && mode !== 'read-only') {
+      throw new ByokConfigError(`mode must be 'strict', 'passthrough' or 'read-only', got '${String(mode)}'`);
+    }
+    if (
+      options.context !== undefined &&
+      (typeof options.context !== 'string' || options.context.length === 0)
+    ) {
+      throw new ByokConfigError('context must be a non-empty string');
+    }
+    const codec = codecFactory() as Codec<unknown>;
+    const type = customType<{ data: T; driverData: Buffer | string }>({
+      dataType: () => (storage === 'text' ? 'text' : 'bytea'),
+      toDriver: toDriver as unknown as (value: T) => Buffer | string,
+      fromDriver: fromDriver as unknown as (value: Buffer | string) => T,
+    });
+    const builder = (name === undefined ? type() : type(name)) as Built<T>;
+    const hook = builder as unknown as { build: (table: Table) => PgColumn };
+    const build = hook.build;
+    hook.build = function (this: unknown, table: Table) {
+      const col = build.call(this, table);
+      const schema = (table as unknown as Record<symbol, string | undefined>)[TABLE_SCHEMA] ?? 'public';
+      const tableName = (table as unknown as Record<symbol, string>)[TABLE_ORIGINAL_NAME];
+      const state: EncryptedColumnState = {
+        codec,
+        context: options.context ?? `${schema}.${tableName}.${col.name}`,
+        label: `${tableName}.${col.name}`,
+        storage,
+        mode,
+        memo: undefined,
+      };
+      Object.defineProperty(col, COLUMN_STATE, { value: state, enumerable: false });
+      return col;
+    };
+    return builder;
+  }
+  return column;
+}
+
+/**
+ * Encrypted column types. Each stores ciphertext (bytea by default) and gives the app plaintext of
+ * the declared type; null stays SQL NULL.
+ *
+ * ```ts
+ * export const patients = pgTable('patients', {
+ *   id: uuid('id').primaryKey().defaultRandom(),
+ *   tenantId: text('tenant_id').notNull(),
+ *   name: encrypted.text('name').notNull(),
+ *   record: encrypted.json<MedicalRecord>('record'),
+ * });
+ * ```
+ */
+export const encrypted = {
+  text: encryptedType<string>(() => textCodec),
+  json: <T>(name: string, options?: EncryptedColumnOptions) =>
+    encryptedType<T>(() => jsonCodec<T>())(name, options),
+  integer: encryptedType<number>(() => integerCodec),
+  bigint: encryptedType<bigint>(() => bigintCodec),
+  numeric: encryptedType<string>(() => numericCodec),
+  boolean: encryptedType<boolean>(() => booleanCodec),
+  timestamp: encryptedType<Date>(() => timestampCodec),
+  bytes: encryptedType<Uint8Array>(() => bytesCodec),
+};

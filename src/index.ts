@@ -1,0 +1,15 @@
+/**
+ * drizzle-byok: per-tenant envelope encryption of Drizzle ORM columns on PostgreSQL, under each
+ * tenant's own KMS key (BYOK) or the platform's key.
+ */
+export { type EncryptedColumnOptions, encrypted, type ReadMode } from './drizzle/columns.ts';
+export { withEncryption, type WithEncryptionOptions } from './drizzle/middleware.ts';
+export { decryptRows } from './drizzle/raw.ts';
+export { currentTenant, withAnyTenant, withTenant } from './drizzle/scope.ts';
+export * from './errors.ts';
+export type { DekCacheOptions } from './keys/cache.ts';
+export type { ByokEvent, ByokEventListener } from './keys/events.ts';
+export { createKeyring, Keyring, type KeyringOptions, type KeyringStats } from './keys/keyring.ts';
+export { installKeyStore, KEY_STORE_MIGRATION } from './keys/store.ts';
+export type { Kek, KekConfig, KekFactory, KekKind, KeyDescription, WrapContext } from './kms/kek.ts';
+export { type LocalKekOptions, localKek } from './kms/local.ts';

@@ -1,0 +1,168 @@
+import type { FieldKey } from '../crypto/aead.ts';
+import { DEK_ID_OFFSET, envelopeDekId } from '../crypto/envelope.ts';
+
+/**
+ * The cache of unwrapped data keys. Bounded (LRU over `maxEntries`) and time-limited (`maxAgeMs`,
+ * required: there is no way to cache a key forever). Evicted entries have their raw key bytes
+ * zeroed; derived subkeys live in node:crypto `KeyObject`s, which Node cannot zero: they are dropped
+ * and released to the garbage collector. Failures are never cached.
+ */
+export interface DekCacheOptions {
+  /** Most data keys held at once. Default 10,000 (about 1.5 MiB with derived subkeys). */
+  maxEntries?: number;
+  /**
+   * How long an unwrapped data key may be used before it is unwrapped through its KEK again.
+   * Default 300,000 ms (5 minutes). Also the longest a revoked KEK keeps working on an instance
+   * that missed the revocation notice.
+   */
+  maxAgeMs?: number;
+}
+
+export const DEFAULT_CACHE = { maxEntries: 10_000, maxAgeMs: 300_000 } as const;
+
+export interface DekEntry {
+  readonly id: string;
+  readonly idBytes: Buffer;
+  readonly tenantId: string;
+  readonly version: number;
+  readonly expiresAt: number;
+  /** Raw DEK bytes; zeroed on eviction. */
+  readonly raw: Buffer;
+  /** Field subkeys by column context. */
+  readonly fieldKeys: Map<string, FieldKey>;
+  /** Other derived keys (blind index keys) by label. */
+  readonly derived: Map<string, Buffer>;
+  lastUsed: number;
+  evicted: boolean;
+}
+
+export class DekCache {
+  readonly maxEntries: number;
+  readonly maxAgeMs: number;
+  readonly #byId = new Map<string, DekEntry>();
+  /** Hot-path index: first 6 bytes of the DEK id as a number (full id compared on hit). */
+  readonly #byPrefix = new Map<number, DekEntry>();
+  readonly #active = new Map<string, DekEntry>();
+
+  constructor(options: DekCacheOptions = {}) {
+    const maxEntries = options.maxEntries ?? DEFAULT_CACHE.maxEntries;
+    const maxAgeMs = options.maxAgeMs ?? DEFAULT_CACHE.maxAgeMs;
+    if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) {
+      throw new TypeError('cache.maxEntries must be a positive integer');
+    }
+    if (!Number.isFinite(maxAgeMs) || maxAgeMs <= 0) {
+      throw new TypeError('cache.maxAgeMs must be a positive number of milliseconds (a max age is required)');
+    }
+    this.maxEntries = maxEntries;
+    this.maxAgeMs = maxAgeMs;
+  }
+
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  /** Looks up the DEK of an envelope (synchronous hot path). */
+  lookupEnvelope(env: Buffer): DekEntry | undefined {
+    const e = this.#byPrefix.get(env.readUIntBE(DEK_ID_OFFSET, 6));
+    if (e !== undefined && env.compare(e.idBytes, 0, 16, DEK_ID_OFFSET, DEK_ID_OFFSET + 16) === 0) {
+      return this.#fresh(e);
+    }
+    return this.get(envelopeDekId(env));
+  }
+
+  get(id: string): DekEntry | undefined {
+    const e = this.#byId.get(id);
+    return e === undefined ? undefined : this.#fresh(e);
+  }
+
+  /** The tenant's active (write) DEK, if cached and fresh. */
+  active(tenantId: string): DekEntry | undefined {
+    const e = this.#active.get(tenantId);
+    return e === undefined ? undefined : this.#fresh(e);
+  }
+
+  #fresh(e: DekEntry): DekEntry | undefined {
+    const now = Date.now();
+    if (e.expiresAt <= now) {
+      this.#evict(e);
+      return undefined;
+    }
+    e.lastUsed = now;
+    return e;
+  }
+
+  /** Adds an unwrapped DEK (takes ownership of `raw`: it is zeroed on eviction). */
+  put(
+    id: string,
+    idBytes: Buffer,
+    tenantId: string,
+    version: number,
+    raw: Buffer,
+    active: boolean,
+  ): DekEntry {
+    const existing = this.#byId.get(id);
+    if (existing !== undefined) this.#evict(existing);
+    const now = Date.now();
+    const entry: DekEntry = {
+      id,
+      idBytes,
+      tenantId,
+      version,
+      expiresAt: now + this.maxAgeMs,
+      raw,
+      fieldKeys: new Map(),
+      derived: new Map(),
+      lastUsed: now,
+      evicted: false,
+    };
+    if (this.#byId.size >= this.maxEntries) this.#evictLeastRecentlyUsed();
+    this.#byId.set(id, entry);
+    const prefix = idBytes.readUIntBE(0, 6);
+    if (!this.#byPrefix.has(prefix)) this.#byPrefix.set(prefix, entry);
+    if (active) this.#active.set(tenantId, entry);
+    return entry;
+  }
+
+  /** Marks `entry` as no longer the tenant's write key (after `rotateDek`). */
+  deactivate(tenantId: string): void {
+    this.#active.delete(tenantId);
+  }
+
+  /** Drops every DEK of a tenant (revocation, lifecycle change). Returns how many were dropped. */
+  evictTenant(tenantId: string): number {
+    let n = 0;
+    for (const e of this.#byId.values()) {
+      if (e.tenantId === tenantId) {
+        this.#evict(e);
+        n++;
+      }
+    }
+    this.#active.delete(tenantId);
+    return n;
+  }
+
+  clear(): void {
+    for (const e of [...this.#byId.values()]) this.#evict(e);
+    this.#active.clear();
+  }
+
+  #evictLeastRecentlyUsed(): void {
+    let oldest: DekEntry | undefined;
+    for (const e of this.#byId.values()) if (oldest === undefined || e.lastUsed < oldest.lastUsed) oldest = e;
+    if (oldest !== undefined) this.#evict(oldest);
+  }
+
+  #evict(e: DekEntry): void {
+    if (this.#byId.get(e.id) === e) this.#byId.delete(e.id);
+    const prefix = e.idBytes.readUIntBE(0, 6);
+    if (this.#byPrefix.get(prefix) === e) this.#byPrefix.delete(prefix);
+    if (this.#active.get(e.tenantId) === e) this.#active.delete(e.tenantId);
+    if (!e.evicted) {
+      e.evicted = true;
+      e.raw.fill(0);
+      for (const d of e.derived.values()) d.fill(0);
+      e.fieldKeys.clear();
+      e.derived.clear();
+    }
+  }
+}

@@ -1,0 +1,721 @@
+import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { inspect } from 'node:util';
+import DataLoader from 'dataloader';
+import { and, eq, inArray, sql } from 'drizzle-orm';
+import type { PgDatabase } from 'drizzle-orm/pg-core';
+import { deriveFieldKey, type FieldKey } from '../crypto/aead.ts';
+import { uuidToBytes } from '../crypto/envelope.ts';
+import { scopeStorage, withAnyTenant, withTenant } from '../drizzle/scope.ts';
+import {
+  ByokConfigError,
+  ByokError,
+  isByokError,
+  KeyAccessDeniedError,
+  KeyDisabledError,
+  KeyNotFoundError,
+  KmsThrottledError,
+  KmsUnavailableError,
+  TenantShreddedError,
+} from '../errors.ts';
+import type { Kek, KekConfig, KekFactory, WrapContext } from '../kms/kek.ts';
+import { DekCache, type DekCacheOptions, type DekEntry } from './cache.ts';
+import type { ByokEvent, ByokEventListener } from './events.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
+import { installKeyStore } from './store.ts';
+
+export type AnyPgDatabase = PgDatabase<any, any, any>;
+
+export interface KeyringOptions {
+  /** Drizzle database holding the key store tables (usually the same one your app uses). */
+  db: AnyPgDatabase;
+  /** The platform's KEK: wraps data keys of tenants without BYOK, and secrets in KEK configuration. */
+  platformKek: Kek;
+  /**
+   * Older platform KEKs still accepted for unwrapping (after rotating the platform key), matched by
+   * `keyRef`. Default none.
+   */
+  previousPlatformKeks?: readonly Kek[];
+  /** Rebuild tenants' KEKs from stored configuration, by kind (`'aws-kms'`, `'gcp-kms'`). Default none. */
+  kekFactories?: Readonly<Partial<Record<string, KekFactory>>>;
+  /** Data key cache. Defaults: 10,000 keys, 5 minutes max age. */
+  cache?: DekCacheOptions;
+  /** Most KMS unwrap calls in flight at once per batch. Default 16. */
+  unwrapConcurrency?: number;
+  /** Most data keys one batch loads. Default 500. */
+  maxBatchSize?: number;
+  /** Region tried first when a data key is wrapped under KEKs in several regions. Default none. */
+  preferredRegion?: string;
+  /** Receives audit and observability events. Default none. Must not throw (errors are swallowed). */
+  onEvent?: ByokEventListener;
+}
+
+/** Row shapes read from the store. */
+interface WrapRow {
+  readonly kekId: string | null;
+  readonly kekRef: string;
+  readonly wrapped: Buffer;
+}
+interface DekRow {
+  readonly id: string;
+  readonly tenantId: string;
+  readonly version: number;
+  readonly state: string;
+  readonly wraps: WrapRow[];
+}
+interface KekRow {
+  readonly id: string;
+  readonly tenantId: string;
+  readonly kind: string;
+  readonly keyRef: string;
+  readonly region: string | null;
+  readonly priority: number;
+  readonly params: unknown;
+  readonly secret: Buffer | null;
+  readonly secretKey: Buffer | null;
+  readonly secretKeyRef: string | null;
+}
+
+export interface KeyringStats {
+  /** Field decryptions/encryptions served from cached keys without waiting. */
+  readonly hotHits: number;
+  /** Data keys loaded from the store and unwrapped through a KEK. */
+  readonly unwraps: number;
+  /** Batches of data key loads. */
+  readonly batches: number;
+  /** Data keys created. */
+  readonly created: number;
+  readonly cachedKeys: number;
+}
+
+const FAILOVER_CODES = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
+
+/**
+ * The keyring: owns the data key cache, loads and unwraps data keys in batches, creates each
+ * tenant's first data key lazily, and runs the key lifecycle. One per process (per key store).
+ */
+export class Keyring {
+  readonly db: AnyPgDatabase;
+  readonly platformKek: Kek;
+  readonly cache: DekCache;
+  readonly #previousPlatform: Map<string, Kek>;
+  readonly #factories: Readonly<Partial<Record<string, KekFactory>>>;
+  readonly #unwrapConcurrency: number;
+  readonly #preferredRegion: string | undefined;
+  readonly #listeners = new Set<ByokEventListener>();
+  readonly #dekLoader: DataLoader<string, DekEntry>;
+  readonly #activeLoader: DataLoader<string, DekEntry>;
+  readonly #inflightDek = new Map<string, Promise<DekEntry>>();
+  readonly #inflightActive = new Map<string, Promise<DekEntry>>();
+  readonly #kekInstances = new Map<string, Promise<Kek>>();
+  #stats = { hotHits: 0, unwraps: 0, batches: 0, created: 0 };
+
+  constructor(options: KeyringOptions) {
+    if (options === null || typeof options !== 'object')
+      throw new ByokConfigError('createKeyring(options) needs an options object');
+    if (options.db === undefined || typeof (options.db as { select?: unknown }).select !== 'function') {
+      throw new ByokConfigError('createKeyring: `db` must be a Drizzle PostgreSQL database (drizzle(...))');
+    }
+    assertKek(options.platformKek, 'createKeyring: `platformKek`');
+    this.db = options.db;
+    this.platformKek = options.platformKek;
+    this.#previousPlatform = new Map((options.previousPlatformKeks ?? []).map((k) => [k.keyRef, k]));
+    this.#factories = options.kekFactories ?? {};
+    this.cache = new DekCache(options.cache);
+    this.#unwrapConcurrency = positiveInt(options.unwrapConcurrency ?? 16, 'unwrapConcurrency');
+    const maxBatchSize = positiveInt(options.maxBatchSize ?? 500, 'maxBatchSize');
+    this.#preferredRegion = options.preferredRegion;
+    if (options.onEvent !== undefined) this.#listeners.add(options.onEvent);
+    this.#dekLoader = new DataLoader((ids) => this.#loadDeks(ids), { cache: false, maxBatchSize });
+    this.#activeLoader = new DataLoader((tenants) => this.#loadActive(tenants), {
+      cache: false,
+      maxBatchSize,
+    });
+  }
+
+  /** Creates the key store tables if they do not exist (runs the shipped SQL migration). */
+  async installKeyStore(): Promise<void> {
+    await installKeyStore(this.db);
+  }
+
+  /** Runs `fn` with `tenantId` in scope (same as the standalone `withTenant`). */
+  withTenant<T>(tenantId: string, fn: () => T): T {
+    return withTenant(tenantId, fn);
+  }
+
+  /** Runs `fn` allowed to read every tenant's rows (same as the standalone `withAnyTenant`). */
+  withAnyTenant<T>(fn: () => T): T {
+    return withAnyTenant(fn);
+  }
+
+  /** Subscribes to events; returns an unsubscribe function. */
+  onEvent(listener: ByokEventListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  stats(): KeyringStats {
+    return { ...this.#stats, cachedKeys: this.cache.size };
+  }
+
+  /** @internal counts a field served from the cache without waiting. */
+  countHotHit(): void {
+    this.#stats.hotHits++;
+  }
+
+  emit(event: ByokEvent): void {
+    for (const l of this.#listeners) {
+      try {
+        l(event);
+      } catch {
+        // listeners must not break queries
+      }
+    }
+  }
+
+  /** The field subkey of a cached DEK for a column context (derived once, then memoized). */
+  fieldKey(entry: DekEntry, context: string): FieldKey {
+    let fk = entry.fieldKeys.get(context);
+    if (fk === undefined) {
+      if (entry.evicted)
+        throw new ByokError('data key was evicted while in use; retry the query', {
+          tenantId: entry.tenantId,
+        });
+      fk = deriveFieldKey(entry.raw, entry.idBytes, entry.tenantId, context);
+      entry.fieldKeys.set(context, fk);
+    }
+    return fk;
+  }
+
+  /** A data key by id, from the cache or loaded (batched, deduplicated) and unwrapped. */
+  getDek(id: string): Promise<DekEntry> {
+    const hit = this.cache.get(id);
+    if (hit !== undefined) return Promise.resolve(hit);
+    let p = this.#inflightDek.get(id);
+    if (p === undefined) {
+      p = this.#dekLoader.load(id).finally(() => this.#inflightDek.delete(id));
+      this.#inflightDek.set(id, p);
+    }
+    return p;
+  }
+
+  /** The tenant's active data key, created on first use (race-safe across processes). */
+  getActiveDek(tenantId: string): Promise<DekEntry> {
+    const hit = this.cache.active(tenantId);
+    if (hit !== undefined) return Promise.resolve(hit);
+    let p = this.#inflightActive.get(tenantId);
+    if (p === undefined) {
+      p = this.#activeLoader.load(tenantId).finally(() => this.#inflightActive.delete(tenantId));
+      this.#inflightActive.set(tenantId, p);
+    }
+    return p;
+  }
+
+  /** Drops a tenant's cached keys on this instance. */
+  evictTenant(tenantId: string, reason = 'manual'): void {
+    this.cache.evictTenant(tenantId);
+    this.emit({ type: 'invalidation', tenantId, reason, source: 'local' });
+  }
+
+  async close(): Promise<void> {
+    this.cache.clear();
+    const keks = await Promise.allSettled(this.#kekInstances.values());
+    this.#kekInstances.clear();
+    for (const k of keks) if (k.status === 'fulfilled') await k.value.close?.();
+  }
+
+  toJSON(): unknown {
+    return { type: 'Keyring', platformKek: this.platformKek.keyRef, cachedKeys: this.cache.size };
+  }
+
+  [inspect.custom](): string {
+    return `Keyring { platformKek: '${this.platformKek.keyRef}', cachedKeys: ${this.cache.size} }`;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Loading
+
+  /** Store queries run outside any tenant scope of the caller and outside its query context. */
+  #store<T>(fn: () => Promise<T>): Promise<T> {
+    return scopeStorage.exit(fn);
+  }
+
+  async #selectDeks(where: ReturnType<typeof eq>): Promise<DekRow[]> {
+    const rows = await this.#store(() =>
+      this.db
+        .select({
+          id: byokDeks.id,
+          tenantId: byokDeks.tenantId,
+          version: byokDeks.version,
+          state: byokDeks.state,
+          kekId: byokDekWraps.kekId,
+          kekRef: byokDekWraps.kekRef,
+          wrapped: byokDekWraps.wrapped,
+        })
+        .from(byokDeks)
+        .leftJoin(byokDekWraps, eq(byokDekWraps.dekId, byokDeks.id))
+        .where(where),
+    );
+    const byId = new Map<string, DekRow>();
+    for (const r of rows) {
+      let d = byId.get(r.id);
+      if (d === undefined) {
+        d = { id: r.id, tenantId: r.tenantId, version: r.version, state: r.state, wraps: [] };
+        byId.set(r.id, d);
+      }
+      if (r.kekRef !== null && r.wrapped !== null)
+        d.wraps.push({ kekId: r.kekId, kekRef: r.kekRef, wrapped: r.wrapped });
+    }
+    return [...byId.values()];
+  }
+
+  async #selectKeks(ids: readonly string[]): Promise<Map<string, KekRow>> {
+    if (ids.length === 0) return new Map();
+    const rows = await this.#store(() =>
+      this.db
+        .select()
+        .from(byokKeks)
+        .where(inArray(byokKeks.id, [...ids])),
+    );
+    return new Map(rows.map((r) => [r.id, r as KekRow]));
+  }
+
+  async #loadDeks(ids: readonly string[]): Promise<(DekEntry | Error)[]> {
+    const started = performance.now();
+    this.#stats.batches++;
+    const unique = [...new Set(ids)];
+    const valid = unique.filter(isUuid);
+    const rows = valid.length === 0 ? [] : await this.#selectDeks(inArray(byokDeks.id, valid));
+    const entries = await this.#unwrapAll(rows);
+    this.emit({ type: 'dek-batch', size: rows.length, latencyMs: performance.now() - started });
+    return ids.map((id) => {
+      const e = entries.get(id);
+      if (e !== undefined) return e;
+      return new KeyNotFoundError(
+        `data key ${id} does not exist in the key store (wrong database, or deleted)`,
+      );
+    });
+  }
+
+  async #loadActive(tenants: readonly string[]): Promise<(DekEntry | Error)[]> {
+    const started = performance.now();
+    this.#stats.batches++;
+    const unique = [...new Set(tenants)];
+    const rows = await this.#selectDeks(
+      and(inArray(byokDeks.tenantId, unique), eq(byokDeks.state, 'active'))!,
+    );
+    const entries = await this.#unwrapAll(rows);
+    this.emit({ type: 'dek-batch', size: rows.length, latencyMs: performance.now() - started });
+    const byTenant = new Map<string, DekEntry | Error>();
+    for (const r of rows) {
+      const e = entries.get(r.id);
+      if (e !== undefined) byTenant.set(r.tenantId, e);
+    }
+    const missing = unique.filter((t) => !byTenant.has(t));
+    await mapLimit(missing, this.#unwrapConcurrency, async (t) => {
+      try {
+        byTenant.set(t, await this.#createActiveDek(t));
+      } catch (e) {
+        byTenant.set(t, asError(e));
+      }
+    });
+    return tenants.map(
+      (t) => byTenant.get(t) ?? new KeyNotFoundError(`tenant ${t} has no data key`, { tenantId: t }),
+    );
+  }
+
+  /** Unwraps every row (bounded concurrency); failures become Error values in the map. */
+  async #unwrapAll(rows: readonly DekRow[]): Promise<Map<string, DekEntry | Error>> {
+    const out = new Map<string, DekEntry | Error>();
+    const kekIds = new Set<string>();
+    for (const r of rows) for (const w of r.wraps) if (w.kekId !== null) kekIds.add(w.kekId);
+    const kekRows = await this.#selectKeks([...kekIds]);
+    await mapLimit(rows, this.#unwrapConcurrency, async (r) => {
+      try {
+        out.set(r.id, await this.#unwrapRow(r, kekRows));
+      } catch (e) {
+        out.set(r.id, asError(e));
+      }
+    });
+    return out;
+  }
+
+  async #unwrapRow(row: DekRow, kekRows: Map<string, KekRow>): Promise<DekEntry> {
+    if (row.state === 'destroyed' || row.wraps.length === 0) {
+      throw new TenantShreddedError(
+        `data key version ${row.version} of tenant ${row.tenantId} was destroyed`,
+        {
+          tenantId: row.tenantId,
+        },
+      );
+    }
+    const candidates: { kek: () => Promise<Kek>; wrap: WrapRow; region: string | null; priority: number }[] =
+      [];
+    for (const w of row.wraps) {
+      if (w.kekId === null) {
+        const kek =
+          w.kekRef === this.platformKek.keyRef ? this.platformKek : this.#previousPlatform.get(w.kekRef);
+        if (kek !== undefined)
+          candidates.push({ kek: async () => kek, wrap: w, region: kek.region ?? null, priority: 1000 });
+      } else {
+        const kr = kekRows.get(w.kekId);
+        if (kr !== undefined)
+          candidates.push({ kek: () => this.kekFor(kr), wrap: w, region: kr.region, priority: kr.priority });
+      }
+    }
+    if (candidates.length === 0) {
+      throw new KeyNotFoundError(
+        `no configured KEK can unwrap data key version ${row.version} of tenant ${row.tenantId} ` +
+          `(wrapped under ${row.wraps.map((w) => w.kekRef).join(', ')})`,
+        { tenantId: row.tenantId },
+      );
+    }
+    const preferred = this.#preferredRegion;
+    candidates.sort(
+      (a, b) =>
+        Number(b.region === preferred && preferred !== undefined) -
+          Number(a.region === preferred && preferred !== undefined) || a.priority - b.priority,
+    );
+    const context: WrapContext = { tenantId: row.tenantId, dekId: row.id };
+    const errors: unknown[] = [];
+    for (const c of candidates) {
+      let kek: Kek;
+      try {
+        kek = await c.kek();
+      } catch (e) {
+        errors.push(e);
+        continue;
+      }
+      try {
+        const raw = await this.#timedKms('unwrap', kek, row.tenantId, () =>
+          kek.unwrap(c.wrap.wrapped, context),
+        );
+        if (raw.length !== 32) throw new ByokError(`unwrapped data key has ${raw.length} bytes, expected 32`);
+        this.#stats.unwraps++;
+        const rawBuf = Buffer.allocUnsafeSlow(32);
+        rawBuf.set(raw);
+        raw.fill(0);
+        return this.cache.put(
+          row.id,
+          uuidToBytes(row.id),
+          row.tenantId,
+          row.version,
+          rawBuf,
+          row.state === 'active',
+        );
+      } catch (e) {
+        errors.push(e);
+        if (isRevocation(e)) this.#onRevocation(row.tenantId, kek.keyRef, e);
+        // Fail over to another KEK only when this one is unreachable; an explicit refusal stands.
+        if (!(isByokError(e) && FAILOVER_CODES.has(e.code))) throw e;
+      }
+    }
+    const last = errors.at(-1);
+    throw last instanceof Error
+      ? last
+      : new KmsUnavailableError('no KEK could unwrap the data key', { tenantId: row.tenantId });
+  }
+
+  #onRevocation(tenantId: string, keyRef: string, e: ByokError): void {
+    this.cache.evictTenant(tenantId);
+    this.emit({ type: 'revocation', tenantId, keyRef, errorCode: e.code, source: 'local' });
+  }
+
+  async #timedKms<T>(operation: string, kek: Kek, tenantId: string, fn: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      const r = await fn();
+      this.emit({
+        type: 'kms',
+        operation,
+        tenantId,
+        keyRef: kek.keyRef,
+        kekKind: kek.kind,
+        outcome: 'ok',
+        latencyMs: performance.now() - started,
+      });
+      return r;
+    } catch (e) {
+      this.emit({
+        type: 'kms',
+        operation,
+        tenantId,
+        keyRef: kek.keyRef,
+        kekKind: kek.kind,
+        outcome: 'error',
+        errorCode: isByokError(e) ? e.code : 'ERR_UNKNOWN',
+        latencyMs: performance.now() - started,
+      });
+      throw e;
+    }
+  }
+
+  /** The KEK instance for a stored KEK row (built once per row, secrets decrypted with the platform key). */
+  kekFor(row: KekRow): Promise<Kek> {
+    let p = this.#kekInstances.get(row.id);
+    if (p === undefined) {
+      p = this.#buildKek(row);
+      p.catch(() => this.#kekInstances.delete(row.id));
+      this.#kekInstances.set(row.id, p);
+    }
+    return p;
+  }
+
+  async #buildKek(row: KekRow): Promise<Kek> {
+    const factory = this.#factories[row.kind];
+    if (factory === undefined) {
+      throw new ByokConfigError(
+        `tenant ${row.tenantId} uses a '${row.kind}' KEK but the keyring has no factory for it: ` +
+          `pass kekFactories: { '${row.kind}': ... } to createKeyring`,
+        { tenantId: row.tenantId },
+      );
+    }
+    const secret = row.secret === null ? undefined : await this.openSecret(row.tenantId, row.id, row);
+    const config: KekConfig = {
+      kind: row.kind as KekConfig['kind'],
+      params: row.params as Record<string, unknown>,
+      ...(secret ? { secret } : {}),
+    };
+    return factory(config);
+  }
+
+  /** Forgets built KEK instances for these KEK rows (after a lifecycle change). */
+  dropKekInstances(ids: Iterable<string>): void {
+    for (const id of ids) {
+      const p = this.#kekInstances.get(id);
+      this.#kekInstances.delete(id);
+      p?.then((k) => k.close?.()).catch(() => undefined);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Secrets of KEK configuration, encrypted under the platform key
+
+  /** Encrypts a KEK's secret parameters: a fresh key wrapped by the platform KEK, AES-GCM over the JSON. */
+  async sealSecret(
+    tenantId: string,
+    kekId: string,
+    secret: Readonly<Record<string, unknown>>,
+  ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string }> {
+    const key = randomBytes(32);
+    try {
+      const wrapped = await this.platformKek.wrap(key, { tenantId, dekId: kekId });
+      const iv = randomBytes(12);
+      const c = createCipheriv('aes-256-gcm', key, iv);
+      c.setAAD(Buffer.from(`byok-kek-secret|${tenantId}|${kekId}`));
+      const body = Buffer.concat([c.update(JSON.stringify(secret), 'utf8'), c.final()]);
+      return {
+        secret: Buffer.concat([iv, body, c.getAuthTag()]),
+        secretKey: Buffer.from(wrapped),
+        secretKeyRef: this.platformKek.keyRef,
+      };
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  async openSecret(
+    tenantId: string,
+    kekId: string,
+    row: { secret: Buffer | null; secretKey: Buffer | null; secretKeyRef: string | null },
+  ): Promise<Record<string, unknown>> {
+    if (row.secret === null || row.secretKey === null) return {};
+    const kek =
+      row.secretKeyRef === this.platformKek.keyRef
+        ? this.platformKek
+        : this.#previousPlatform.get(row.secretKeyRef ?? '');
+    if (kek === undefined) {
+      throw new ByokConfigError(
+        `the KEK secret of tenant ${tenantId} is sealed under platform key ${row.secretKeyRef}, which is not configured`,
+      );
+    }
+    const key = Buffer.from(await kek.unwrap(row.secretKey, { tenantId, dekId: kekId }));
+    try {
+      const s = row.secret;
+      const d = createDecipheriv('aes-256-gcm', key, s.subarray(0, 12), { authTagLength: 16 });
+      d.setAAD(Buffer.from(`byok-kek-secret|${tenantId}|${kekId}`));
+      d.setAuthTag(s.subarray(s.length - 16));
+      const json = Buffer.concat([d.update(s.subarray(12, s.length - 16)), d.final()]).toString('utf8');
+      return JSON.parse(json) as Record<string, unknown>;
+    } catch {
+      throw new ByokError(`the stored KEK secret of tenant ${tenantId} could not be decrypted`, { tenantId });
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Data key creation
+
+  /** Active KEKs of a tenant (BYOK) or none (platform mode), plus tenant state. */
+  async tenantKeks(tenantId: string): Promise<{ mode: string; state: string; keks: KekRow[] } | undefined> {
+    const [t] = await this.#store(() =>
+      this.db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId)),
+    );
+    if (t === undefined) return undefined;
+    const keks = await this.#store(() =>
+      this.db
+        .select()
+        .from(byokKeks)
+        .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active'))),
+    );
+    return { mode: t.mode, state: t.state, keks: keks as KekRow[] };
+  }
+
+  /** Wraps `raw` under every current KEK of the tenant: its BYOK KEKs, or the platform KEK. */
+  async wrapForTenant(
+    tenantId: string,
+    dekId: string,
+    raw: Buffer,
+    keks: readonly KekRow[],
+  ): Promise<{ kekId: string | null; kekRef: string; wrapped: Buffer }[]> {
+    const context = { tenantId, dekId };
+    if (keks.length === 0) {
+      const w = await this.#timedKms('wrap', this.platformKek, tenantId, () =>
+        this.platformKek.wrap(raw, context),
+      );
+      return [{ kekId: null, kekRef: this.platformKek.keyRef, wrapped: Buffer.from(w) }];
+    }
+    return Promise.all(
+      keks.map(async (k) => {
+        const kek = await this.kekFor(k);
+        const w = await this.#timedKms('wrap', kek, tenantId, () => kek.wrap(raw, context));
+        return { kekId: k.id, kekRef: k.keyRef, wrapped: Buffer.from(w) };
+      }),
+    );
+  }
+
+  /**
+   * Creates a new data key version for a tenant. With `rotate: false` (first write), an existing
+   * active key wins the race and is returned instead. Serialized per tenant by an advisory lock.
+   */
+  async createDek(tenantId: string, options: { rotate: boolean }): Promise<DekEntry> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      await this.#store(() => this.db.insert(byokTenants).values({ tenantId }).onConflictDoNothing());
+      const t = await this.tenantKeks(tenantId);
+      if (t?.state === 'shredded') {
+        throw new TenantShreddedError(`tenant ${tenantId} was crypto-shredded: it cannot get new data keys`, {
+          tenantId,
+        });
+      }
+      const keks = t?.keks ?? [];
+      const id = randomUUID();
+      const raw = Buffer.allocUnsafeSlow(32);
+      raw.set(randomBytes(32));
+      let wraps: Awaited<ReturnType<Keyring['wrapForTenant']>>;
+      try {
+        wraps = await this.wrapForTenant(tenantId, id, raw, keks);
+      } catch (e) {
+        raw.fill(0);
+        throw e;
+      }
+      const kekSet = keks
+        .map((k) => k.id)
+        .sort()
+        .join(',');
+      const outcome = await this.#store(() =>
+        this.db.transaction(async (tx): Promise<'retry' | { existing: string } | { created: number }> => {
+          await tx.execute(
+            sql`select pg_advisory_xact_lock(hashtextextended(${`byok:tenant:${tenantId}`}, 0))`,
+          );
+          const current = await tx
+            .select({ id: byokKeks.id })
+            .from(byokKeks)
+            .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active')));
+          if (
+            current
+              .map((k) => k.id)
+              .sort()
+              .join(',') !== kekSet
+          )
+            return 'retry';
+          const [active] = await tx
+            .select({ id: byokDeks.id, version: byokDeks.version })
+            .from(byokDeks)
+            .where(and(eq(byokDeks.tenantId, tenantId), eq(byokDeks.state, 'active')));
+          if (active !== undefined && !options.rotate) return { existing: active.id };
+          const [{ next } = { next: 1 }] = await tx
+            .select({ next: sql<number>`coalesce(max(${byokDeks.version}), 0) + 1`.mapWith(Number) })
+            .from(byokDeks)
+            .where(eq(byokDeks.tenantId, tenantId));
+          if (active !== undefined) {
+            await tx.update(byokDeks).set({ state: 'retired' }).where(eq(byokDeks.id, active.id));
+          }
+          await tx.insert(byokDeks).values({ id, tenantId, version: next, state: 'active' });
+          await tx.insert(byokDekWraps).values(wraps.map((w) => ({ dekId: id, ...w })));
+          return { created: next };
+        }),
+      );
+      if (outcome === 'retry') {
+        raw.fill(0);
+        continue;
+      }
+      if ('existing' in outcome) {
+        raw.fill(0);
+        return this.getDek(outcome.existing);
+      }
+      this.#stats.created++;
+      this.cache.deactivate(tenantId);
+      return this.cache.put(id, uuidToBytes(id), tenantId, outcome.created, raw, true);
+    }
+    throw new ByokError(`the KEKs of tenant ${tenantId} kept changing while creating a data key; retry`, {
+      tenantId,
+    });
+  }
+
+  #createActiveDek(tenantId: string): Promise<DekEntry> {
+    return this.createDek(tenantId, { rotate: false });
+  }
+}
+
+/** Creates the keyring. See `KeyringOptions` for every option and its default. */
+export function createKeyring(options: KeyringOptions): Keyring {
+  return new Keyring(options);
+}
+
+export function assertKek(kek: unknown, what: string): asserts kek is Kek {
+  const k = kek as Partial<Kek> | undefined;
+  if (
+    k === undefined ||
+    k === null ||
+    typeof k.wrap !== 'function' ||
+    typeof k.unwrap !== 'function' ||
+    typeof k.keyRef !== 'string' ||
+    typeof k.toConfig !== 'function'
+  ) {
+    throw new ByokConfigError(`${what} must be a KEK (localKek(...), awsKms(...) or gcpKms(...))`);
+  }
+}
+
+function isRevocation(e: unknown): e is ByokError {
+  return e instanceof KeyAccessDeniedError || e instanceof KeyDisabledError;
+}
+
+function positiveInt(n: number, name: string): number {
+  if (!Number.isSafeInteger(n) || n < 1) throw new ByokConfigError(`${name} must be a positive integer`);
+  return n;
+}
+
+function asError(e: unknown): Error {
+  return e instanceof Error ? e : new ByokError('unexpected failure');
+}
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+function isUuid(s: string): boolean {
+  return UUID_RE.test(s);
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight. */
+export async function mapLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
