@@ -17,9 +17,12 @@ import {
   EnableKeyCommand,
   EncryptCommand,
   GenerateDataKeyCommand,
+  GetKeyPolicyCommand,
   KMSClient,
   ListAliasesCommand,
+  MalformedPolicyDocumentException,
   NotFoundException,
+  PutKeyPolicyCommand,
   ReEncryptCommand,
   ScheduleKeyDeletionCommand,
 } from '@aws-sdk/client-kms';
@@ -219,6 +222,34 @@ describe('awsKms: authentication modes', () => {
       },
     });
     expect(await rejection(k.describe())).toBeInstanceOf(KmsCredentialsError);
+  });
+
+  it('revoking the role trust stops new sessions', async () => {
+    const role = aws.addRole({
+      accountId: TENANT,
+      name: 'byok-revocable',
+      trust: { principals: [platformUser.arn], externalId: EXTERNAL_ID },
+    });
+    const key = tenantKey({ principals: [role.arn] });
+    const auth: AwsAuth = {
+      type: 'assume-role',
+      roleArn: role.arn,
+      externalId: EXTERNAL_ID,
+      source: accessKeys(),
+    };
+    await kek(key.arn, { auth }).describe();
+    aws.setRoleTrust(role.arn, { principals: [`arn:aws:iam::${TENANT}:root`] });
+    expect(await rejection(kek(key.arn, { auth }).describe())).toBeInstanceOf(KmsCredentialsError);
+  });
+
+  it('STS throttling and 5xx are retried by the STS client', async () => {
+    const k = kek(tenantKey().arn, { auth: assumeRole() });
+    aws.faults.throttle(1, { operation: 'AssumeRole' });
+    aws.faults.fail(1, { operation: 'AssumeRole', status: 503 });
+    expect((await k.describe()).state).toBe('enabled');
+    expect(aws.counters.operation('AssumeRole')).toBe(3);
+    expect(aws.counters.errors('Throttling')).toBe(1);
+    expect(aws.counters.errors('ServiceUnavailable')).toBe(1);
   });
 
   it('assume-role chains: source may itself be an assumed role', async () => {
@@ -1013,10 +1044,26 @@ describe('local AWS KMS server: wire protocol with the raw SDK client', () => {
       );
       expect(back.Plaintext).toEqual(dataKey.Plaintext);
 
-      await client.send(new DisableKeyCommand({ KeyId: keyId }));
+      const policy = JSON.stringify({
+        Statement: [{ Effect: 'Allow', Principal: { AWS: admin.arn }, Action: 'kms:*', Resource: '*' }],
+      });
+      await client.send(new PutKeyPolicyCommand({ KeyId: keyId, PolicyName: 'default', Policy: policy }));
       expect(
-        aws.describeKey(keyId === '' ? 'x' : `arn:aws:kms:us-east-1:${TENANT}:key/${keyId}`).keyState,
-      ).toBe('Disabled');
+        (await client.send(new GetKeyPolicyCommand({ KeyId: keyId, PolicyName: 'default' }))).Policy,
+      ).toBe(policy);
+      const malformed = JSON.stringify({
+        Statement: [
+          { Effect: 'Allow', Principal: '*', Action: 'kms:*', Condition: { DateGreaterThan: { x: '1' } } },
+        ],
+      });
+      expect(
+        await rejection(
+          client.send(new PutKeyPolicyCommand({ KeyId: keyId, PolicyName: 'default', Policy: malformed })),
+        ),
+      ).toBeInstanceOf(MalformedPolicyDocumentException);
+
+      await client.send(new DisableKeyCommand({ KeyId: keyId }));
+      expect(aws.describeKey(`arn:aws:kms:us-east-1:${TENANT}:key/${keyId}`).keyState).toBe('Disabled');
       await client.send(new EnableKeyCommand({ KeyId: keyId }));
       const scheduled = await client.send(
         new ScheduleKeyDeletionCommand({ KeyId: keyId, PendingWindowInDays: 7 }),

@@ -794,7 +794,13 @@ export class AwsKmsKek implements Kek {
     return plaintext;
   }
 
-  /** `DescribeKey`: state, usage, spec, multi-region configuration. */
+  /**
+   * `DescribeKey`. State: `Enabled` → enabled; `Disabled`, `PendingImport`, `Unavailable` (custom key
+   * store disconnected) → disabled; `PendingDeletion`, `PendingReplicaDeletion` → pending-deletion;
+   * anything else → unknown (`providerState` keeps AWS's word). `details` has key id and ARN,
+   * account, usage, spec, manager, origin, multi-region type and primary region, deletion date, and
+   * `canWrap` (a symmetric ENCRYPT_DECRYPT key).
+   */
   async describe(): Promise<KeyDescription> {
     const out = await this.#send('DescribeKey', undefined, () =>
       this.#client.send(new DescribeKeyCommand({ KeyId: this.keyRef })),
