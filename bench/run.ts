@@ -1,0 +1,47 @@
+/**
+ * `npm run bench`: prints Markdown tables ready to paste into the README.
+ *
+ *   npm run bench                  every section
+ *   npm run bench -- crypto        only sections whose name contains one of the arguments
+ *   npm run bench -- --list        list the sections
+ *   BENCH_QUICK=1 npm run bench    a short smoke run (figures not meant for publishing)
+ *   DATABASE_URL=postgres://...    PostgreSQL for the end-to-end sections
+ *                                  (default postgres://postgres@127.0.0.1:5432/test)
+ *
+ * To add a section, write a module exporting a `Section` (see bench/lib.ts) and append it to
+ * `sections` below.
+ */
+import { cryptoBench } from './crypto.ts';
+import type { Section } from './lib.ts';
+import { selectBench } from './select.ts';
+
+export const sections: readonly Section[] = [cryptoBench, selectBench];
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  if (args.includes('--list') || args.includes('--help')) {
+    for (const s of sections) console.log(`${s.name.padEnd(10)} ${s.title}`);
+    return 0;
+  }
+  const filters = args.filter((a) => !a.startsWith('-'));
+  const chosen =
+    filters.length === 0 ? sections : sections.filter((s) => filters.some((f) => s.name.includes(f)));
+  if (chosen.length === 0) {
+    console.error(
+      `no section matches ${filters.join(', ')}; sections: ${sections.map((s) => s.name).join(', ')}`,
+    );
+    return 2;
+  }
+  const quick = process.env.BENCH_QUICK === '1' || process.env.BENCH_QUICK === 'true';
+  console.log(`# drizzle-byok benchmarks${quick ? ' (BENCH_QUICK: short run, indicative only)' : ''}`);
+  const started = performance.now();
+  for (const s of chosen) {
+    const t0 = performance.now();
+    await s.run({ quick });
+    console.log(`_section ${s.name}: ${((performance.now() - t0) / 1000).toFixed(1)} s_`);
+  }
+  console.log(`\n_total ${((performance.now() - started) / 1000).toFixed(1)} s_`);
+  return 0;
+}
+
+process.exitCode = await main();
