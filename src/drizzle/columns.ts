@@ -22,7 +22,7 @@ import {
   WriteRefusedError,
 } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
-import type { Keyring } from '../keys/keyring.ts';
+import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
 import { scopeStorage, type TenantScope } from './scope.ts';
 
@@ -81,6 +81,8 @@ export interface QueryContext extends TenantScope {
   readonly tenantId: string | null;
   readonly scoped: boolean;
   readonly pending: PendingRead[];
+  /** The transaction the query runs in, if any (for single-connection databases). */
+  readonly txDb?: AnyPgDatabase;
 }
 
 /** Set synchronously by the wrapped dialect while Drizzle turns SQL into a query string. */
@@ -191,10 +193,10 @@ function noReadScope(state: EncryptedColumnState): NoTenantError {
 
 export function checkReadTenant(q: QueryContext, state: EncryptedColumnState, entry: DekEntry): void {
   if (!q.scoped) throw noReadScope(state);
+  // A ciphertext of another tenant is, for this tenant, a value that does not decrypt: the one
+  // generic decryption error (no oracle telling whose it is).
   if (q.tenantId !== null && entry.tenantId !== q.tenantId) {
-    throw new TenantMismatchError(`a value of ${state.label} belongs to another tenant than ${q.tenantId}`, {
-      tenantId: q.tenantId,
-    });
+    throw new DecryptionFailedError({ column: state.label, tenantId: q.tenantId });
   }
 }
 

@@ -97,7 +97,7 @@ export function withEncryption<TDb extends AnyPgDatabase>(
     return db;
   }
   instrumentDialect(d.dialect, keyring, tenantColumn);
-  instrumentSession(d.session, keyring);
+  instrumentSession(d.session, keyring, undefined);
   return db;
 }
 
@@ -216,14 +216,14 @@ function collectRowTenant(row: readonly unknown[], ctx: BuildContext, tenantColu
 // -----------------------------------------------------------------------------------------------
 // Session: prepared queries, transactions, savepoints
 
-function instrumentSession(session: Session, keyring: Keyring): void {
+function instrumentSession(session: Session, keyring: Keyring, txDb: AnyPgDatabase | undefined): void {
   if (session[WRAPPED] !== undefined) return;
   Object.defineProperty(session, WRAPPED, { value: keyring });
   const prepareQuery = session.prepareQuery;
   session.prepareQuery = function (this: Session, query: Query, ...rest: unknown[]): Prepared {
     const prepared = prepareQuery.call(this, query, ...rest);
     const reprepare = (params: unknown[]) => prepareQuery.call(this, { ...query, params }, ...rest);
-    return instrumentPrepared(prepared, query, reprepare, keyring);
+    return instrumentPrepared(prepared, query, reprepare, keyring, txDb);
   };
   const transaction = session.transaction;
   if (typeof transaction === 'function') {
@@ -241,7 +241,7 @@ function instrumentSession(session: Session, keyring: Keyring): void {
 }
 
 function instrumentTransaction(tx: Tx, keyring: Keyring): void {
-  instrumentSession(tx.session, keyring);
+  instrumentSession(tx.session, keyring, tx as unknown as AnyPgDatabase);
   if (tx[WRAPPED] !== undefined) return;
   Object.defineProperty(tx, WRAPPED, { value: keyring });
   const transaction = tx.transaction;
@@ -268,6 +268,7 @@ function instrumentPrepared(
   query: Query,
   reprepare: (params: unknown[]) => Prepared,
   keyring: Keyring,
+  txDb: AnyPgDatabase | undefined,
 ): Prepared {
   const needs = needsParams(query.params);
   for (const method of ['execute', 'all', 'values'] as const) {
@@ -278,30 +279,39 @@ function instrumentPrepared(
       placeholderValues?: Record<string, unknown>,
       token?: unknown,
     ) {
-      return runQuery(keyring, async (ctx) => {
-        let target: Prepared = this;
-        let values = placeholderValues;
-        if (needs) {
-          target = reprepare(await resolveParams(keyring, query.params, placeholderValues ?? {}));
-          values = {};
-        }
-        const fn = target === this ? original : (target[method] as typeof original);
-        const result = await fn.call(target, values, token);
-        return ctx.pending.length === 0 ? result : resolveReads(keyring, ctx, result);
-      });
+      return runQuery(
+        keyring,
+        async (ctx) => {
+          let target: Prepared = this;
+          let values = placeholderValues;
+          if (needs) {
+            target = reprepare(await resolveParams(keyring, query.params, placeholderValues ?? {}, txDb));
+            values = {};
+          }
+          const fn = target === this ? original : (target[method] as typeof original);
+          const result = await fn.call(target, values, token);
+          return ctx.pending.length === 0 ? result : resolveReads(keyring, ctx, result);
+        },
+        txDb,
+      );
     } as Prepared['execute'];
   }
   return prepared;
 }
 
 /** Runs `fn` in a fresh query context that inherits the caller's tenant scope. */
-export function runQuery<T>(keyring: Keyring, fn: (ctx: QueryContext) => Promise<T>): Promise<T> {
-  const outer = scopeStorage.getStore();
+export function runQuery<T>(
+  keyring: Keyring,
+  fn: (ctx: QueryContext) => Promise<T>,
+  txDb?: AnyPgDatabase,
+): Promise<T> {
+  const outer = scopeStorage.getStore() as Partial<QueryContext> | undefined;
   const ctx: QueryContext = {
     keyring,
-    tenantId: outer === undefined ? null : outer.tenantId,
-    scoped: outer !== undefined,
+    tenantId: outer === undefined ? null : (outer.tenantId ?? null),
+    scoped: outer !== undefined && (outer.scoped ?? true),
     pending: [],
+    txDb: txDb ?? outer?.txDb,
   };
   return scopeStorage.run(ctx, () => fn(ctx));
 }
@@ -311,6 +321,7 @@ async function resolveParams(
   keyring: Keyring,
   params: readonly unknown[],
   values: Record<string, unknown>,
+  txDb: AnyPgDatabase | undefined,
 ): Promise<unknown[]> {
   const filled = inBuildContext({ keyring, rowTenants: [], cursor: 0 }, () =>
     params.map((p) => {
@@ -331,7 +342,7 @@ async function resolveParams(
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;
   const entries = new Map(
-    await Promise.all([...tenants].map(async (t) => [t, await keyring.getActiveDek(t)] as const)),
+    await Promise.all([...tenants].map(async (t) => [t, await keyring.getActiveDek(t, txDb)] as const)),
   );
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
@@ -345,7 +356,9 @@ async function resolveParams(
 export async function resolveReads<T>(keyring: Keyring, ctx: QueryContext, result: T): Promise<T> {
   const pending = ctx.pending.splice(0);
   const ids = [...new Set(pending.map((p) => p.dekId))];
-  const entries = new Map(await Promise.all(ids.map(async (id) => [id, await keyring.getDek(id)] as const)));
+  const entries = new Map(
+    await Promise.all(ids.map(async (id) => [id, await keyring.getDek(id, ctx.txDb)] as const)),
+  );
   for (const p of pending) {
     const entry = entries.get(p.dekId)!;
     checkReadTenant(ctx, p.column, entry);

@@ -26,15 +26,38 @@ export function assertTenantId(tenantId: unknown, what = 'tenant id'): asserts t
     throw new ByokConfigError(`${what} contains control characters`);
 }
 
-/** Runs `fn` with `tenantId` in scope: encrypted writes use its key, reads accept only its rows. */
-export function withTenant<T>(tenantId: string, fn: () => T): T {
+/**
+ * Runs `fn` with `tenantId` in scope: encrypted writes use its key, reads accept only its rows.
+ * `fn` may return a Drizzle query builder without awaiting it (`withTenant(id, () => db.select()...)`):
+ * builders are lazy, so it is started here, inside the scope, and a Promise is returned.
+ */
+export function withTenant<T>(tenantId: string, fn: () => T): Started<T> {
   assertTenantId(tenantId);
-  return scopeStorage.run({ tenantId }, fn);
+  return scopeStorage.run({ tenantId }, () => start(fn()));
 }
 
 /** Runs `fn` allowed to read every tenant's rows (back-office jobs). Writes still need a tenant. */
-export function withAnyTenant<T>(fn: () => T): T {
-  return scopeStorage.run({ tenantId: null }, fn);
+export function withAnyTenant<T>(fn: () => T): Started<T> {
+  return scopeStorage.run({ tenantId: null }, () => start(fn()));
+}
+
+/** A lazy thenable (a query builder) becomes the Promise of its result; anything else is unchanged. */
+export type Started<T> = T extends Promise<unknown> ? T : T extends PromiseLike<infer R> ? Promise<R> : T;
+
+function start<T>(value: T): Started<T> {
+  if (
+    value instanceof Promise ||
+    value === null ||
+    (typeof value !== 'object' && typeof value !== 'function')
+  ) {
+    return value as Started<T>;
+  }
+  const then = (value as { then?: unknown }).then;
+  if (typeof then !== 'function') return value as Started<T>;
+  // Call `then` now, synchronously inside the scope, so the builder executes in it.
+  return new Promise((resolve, reject) => {
+    (then as PromiseLike<unknown>['then']).call(value, resolve, reject);
+  }) as Started<T>;
 }
 
 /** The tenant in scope: a tenant id, null inside `withAnyTenant`, undefined outside any scope. */

@@ -91,6 +91,23 @@ export class DekCache {
     return e;
   }
 
+  /** An entry that is not cached (used once, e.g. inside a transaction on a single-connection database). */
+  uncached(id: string, idBytes: Buffer, tenantId: string, version: number, raw: Buffer): DekEntry {
+    const now = Date.now();
+    return {
+      id,
+      idBytes,
+      tenantId,
+      version,
+      expiresAt: now,
+      raw,
+      fieldKeys: new Map(),
+      derived: new Map(),
+      lastUsed: now,
+      evicted: false,
+    };
+  }
+
   /** Adds an unwrapped DEK (takes ownership of `raw`: it is zeroed on eviction). */
   put(
     id: string,

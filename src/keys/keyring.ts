@@ -5,7 +5,7 @@ import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { PgDatabase } from 'drizzle-orm/pg-core';
 import { deriveFieldKey, type FieldKey } from '../crypto/aead.ts';
 import { uuidToBytes } from '../crypto/envelope.ts';
-import { scopeStorage, withAnyTenant, withTenant } from '../drizzle/scope.ts';
+import { type Started, scopeStorage, withAnyTenant, withTenant } from '../drizzle/scope.ts';
 import {
   ByokConfigError,
   ByokError,
@@ -47,6 +47,13 @@ export interface KeyringOptions {
   preferredRegion?: string;
   /** Receives audit and observability events. Default none. Must not throw (errors are swallowed). */
   onEvent?: ByokEventListener;
+  /**
+   * Whether `db` has a single connection (PGlite). Then key store reads and writes made during a
+   * transaction run inside that transaction (nothing else could run until it ends), and data keys
+   * loaded or created there are used for that query only, never cached, so a rollback cannot leave a
+   * key in the cache that the database no longer has. Default: detected (true for PGlite).
+   */
+  singleConnection?: boolean;
 }
 
 /** Row shapes read from the store. */
@@ -101,6 +108,7 @@ export class Keyring {
   readonly #factories: Readonly<Partial<Record<string, KekFactory>>>;
   readonly #unwrapConcurrency: number;
   readonly #preferredRegion: string | undefined;
+  readonly #singleConnection: boolean;
   readonly #listeners = new Set<ByokEventListener>();
   readonly #dekLoader: DataLoader<string, DekEntry>;
   readonly #activeLoader: DataLoader<string, DekEntry>;
@@ -124,6 +132,7 @@ export class Keyring {
     this.#unwrapConcurrency = positiveInt(options.unwrapConcurrency ?? 16, 'unwrapConcurrency');
     const maxBatchSize = positiveInt(options.maxBatchSize ?? 500, 'maxBatchSize');
     this.#preferredRegion = options.preferredRegion;
+    this.#singleConnection = options.singleConnection ?? isSingleConnection(options.db);
     if (options.onEvent !== undefined) this.#listeners.add(options.onEvent);
     this.#dekLoader = new DataLoader((ids) => this.#loadDeks(ids), { cache: false, maxBatchSize });
     this.#activeLoader = new DataLoader((tenants) => this.#loadActive(tenants), {
@@ -138,12 +147,12 @@ export class Keyring {
   }
 
   /** Runs `fn` with `tenantId` in scope (same as the standalone `withTenant`). */
-  withTenant<T>(tenantId: string, fn: () => T): T {
+  withTenant<T>(tenantId: string, fn: () => T): Started<T> {
     return withTenant(tenantId, fn);
   }
 
   /** Runs `fn` allowed to read every tenant's rows (same as the standalone `withAnyTenant`). */
-  withAnyTenant<T>(fn: () => T): T {
+  withAnyTenant<T>(fn: () => T): Started<T> {
     return withAnyTenant(fn);
   }
 
@@ -186,10 +195,14 @@ export class Keyring {
     return fk;
   }
 
-  /** A data key by id, from the cache or loaded (batched, deduplicated) and unwrapped. */
-  getDek(id: string): Promise<DekEntry> {
+  /**
+   * A data key by id, from the cache or loaded (batched, deduplicated) and unwrapped. `txDb`: the
+   * transaction the caller's query runs in (used instead of `db` on single-connection databases).
+   */
+  getDek(id: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
     const hit = this.cache.get(id);
     if (hit !== undefined) return Promise.resolve(hit);
+    if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { id });
     let p = this.#inflightDek.get(id);
     if (p === undefined) {
       p = this.#dekLoader.load(id).finally(() => this.#inflightDek.delete(id));
@@ -199,9 +212,10 @@ export class Keyring {
   }
 
   /** The tenant's active data key, created on first use (race-safe across processes). */
-  getActiveDek(tenantId: string): Promise<DekEntry> {
+  getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
     const hit = this.cache.active(tenantId);
     if (hit !== undefined) return Promise.resolve(hit);
+    if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { tenantId });
     let p = this.#inflightActive.get(tenantId);
     if (p === undefined) {
       p = this.#activeLoader.load(tenantId).finally(() => this.#inflightActive.delete(tenantId));
@@ -239,9 +253,9 @@ export class Keyring {
     return scopeStorage.exit(fn);
   }
 
-  async #selectDeks(where: ReturnType<typeof eq>): Promise<DekRow[]> {
+  async #selectDeks(where: ReturnType<typeof eq>, db: AnyPgDatabase = this.db): Promise<DekRow[]> {
     const rows = await this.#store(() =>
-      this.db
+      db
         .select({
           id: byokDeks.id,
           tenantId: byokDeks.tenantId,
@@ -268,10 +282,10 @@ export class Keyring {
     return [...byId.values()];
   }
 
-  async #selectKeks(ids: readonly string[]): Promise<Map<string, KekRow>> {
+  async #selectKeks(ids: readonly string[], db: AnyPgDatabase = this.db): Promise<Map<string, KekRow>> {
     if (ids.length === 0) return new Map();
     const rows = await this.#store(() =>
-      this.db
+      db
         .select()
         .from(byokKeks)
         .where(inArray(byokKeks.id, [...ids])),
@@ -324,14 +338,18 @@ export class Keyring {
   }
 
   /** Unwraps every row (bounded concurrency); failures become Error values in the map. */
-  async #unwrapAll(rows: readonly DekRow[]): Promise<Map<string, DekEntry | Error>> {
+  async #unwrapAll(
+    rows: readonly DekRow[],
+    db: AnyPgDatabase = this.db,
+    cacheIt = true,
+  ): Promise<Map<string, DekEntry | Error>> {
     const out = new Map<string, DekEntry | Error>();
     const kekIds = new Set<string>();
     for (const r of rows) for (const w of r.wraps) if (w.kekId !== null) kekIds.add(w.kekId);
-    const kekRows = await this.#selectKeks([...kekIds]);
+    const kekRows = await this.#selectKeks([...kekIds], db);
     await mapLimit(rows, this.#unwrapConcurrency, async (r) => {
       try {
-        out.set(r.id, await this.#unwrapRow(r, kekRows));
+        out.set(r.id, await this.#unwrapRow(r, kekRows, cacheIt));
       } catch (e) {
         out.set(r.id, asError(e));
       }
@@ -339,7 +357,7 @@ export class Keyring {
     return out;
   }
 
-  async #unwrapRow(row: DekRow, kekRows: Map<string, KekRow>): Promise<DekEntry> {
+  async #unwrapRow(row: DekRow, kekRows: Map<string, KekRow>, cacheIt: boolean): Promise<DekEntry> {
     if (row.state === 'destroyed' || row.wraps.length === 0) {
       throw new TenantShreddedError(
         `data key version ${row.version} of tenant ${row.tenantId} was destroyed`,
@@ -394,14 +412,10 @@ export class Keyring {
         const rawBuf = Buffer.allocUnsafeSlow(32);
         rawBuf.set(raw);
         raw.fill(0);
-        return this.cache.put(
-          row.id,
-          uuidToBytes(row.id),
-          row.tenantId,
-          row.version,
-          rawBuf,
-          row.state === 'active',
-        );
+        const idBytes = uuidToBytes(row.id);
+        return cacheIt
+          ? this.cache.put(row.id, idBytes, row.tenantId, row.version, rawBuf, row.state === 'active')
+          : this.cache.uncached(row.id, idBytes, row.tenantId, row.version, rawBuf);
       } catch (e) {
         errors.push(e);
         if (isRevocation(e)) this.#onRevocation(row.tenantId, kek.keyRef, e);
@@ -547,13 +561,16 @@ export class Keyring {
   // Data key creation
 
   /** Active KEKs of a tenant (BYOK) or none (platform mode), plus tenant state. */
-  async tenantKeks(tenantId: string): Promise<{ mode: string; state: string; keks: KekRow[] } | undefined> {
+  async tenantKeks(
+    tenantId: string,
+    db: AnyPgDatabase = this.db,
+  ): Promise<{ mode: string; state: string; keks: KekRow[] } | undefined> {
     const [t] = await this.#store(() =>
-      this.db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId)),
+      db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId)),
     );
     if (t === undefined) return undefined;
     const keks = await this.#store(() =>
-      this.db
+      db
         .select()
         .from(byokKeks)
         .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active'))),
@@ -588,10 +605,15 @@ export class Keyring {
    * Creates a new data key version for a tenant. With `rotate: false` (first write), an existing
    * active key wins the race and is returned instead. Serialized per tenant by an advisory lock.
    */
-  async createDek(tenantId: string, options: { rotate: boolean }): Promise<DekEntry> {
+  async createDek(
+    tenantId: string,
+    options: { rotate: boolean; db?: AnyPgDatabase; cache?: boolean },
+  ): Promise<DekEntry> {
+    const db = options.db ?? this.db;
+    const cacheIt = options.cache ?? true;
     for (let attempt = 0; attempt < 5; attempt++) {
-      await this.#store(() => this.db.insert(byokTenants).values({ tenantId }).onConflictDoNothing());
-      const t = await this.tenantKeks(tenantId);
+      await this.#store(() => db.insert(byokTenants).values({ tenantId }).onConflictDoNothing());
+      const t = await this.tenantKeks(tenantId, db);
       if (t?.state === 'shredded') {
         throw new TenantShreddedError(`tenant ${tenantId} was crypto-shredded: it cannot get new data keys`, {
           tenantId,
@@ -613,7 +635,7 @@ export class Keyring {
         .sort()
         .join(',');
       const outcome = await this.#store(() =>
-        this.db.transaction(async (tx): Promise<'retry' | { existing: string } | { created: number }> => {
+        db.transaction(async (tx): Promise<'retry' | { existing: string } | { created: number }> => {
           await tx.execute(
             sql`select pg_advisory_xact_lock(hashtextextended(${`byok:tenant:${tenantId}`}, 0))`,
           );
@@ -651,9 +673,12 @@ export class Keyring {
       }
       if ('existing' in outcome) {
         raw.fill(0);
-        return this.getDek(outcome.existing);
+        return cacheIt
+          ? this.getDek(outcome.existing)
+          : this.#loadInTransaction(db, { id: outcome.existing });
       }
       this.#stats.created++;
+      if (!cacheIt) return this.cache.uncached(id, uuidToBytes(id), tenantId, outcome.created, raw);
       this.cache.deactivate(tenantId);
       return this.cache.put(id, uuidToBytes(id), tenantId, outcome.created, raw, true);
     }
@@ -664,6 +689,30 @@ export class Keyring {
 
   #createActiveDek(tenantId: string): Promise<DekEntry> {
     return this.createDek(tenantId, { rotate: false });
+  }
+
+  /** Loads (or creates) one data key through a transaction, without caching it. */
+  async #loadInTransaction(
+    txDb: AnyPgDatabase,
+    key: { id: string } | { tenantId: string },
+  ): Promise<DekEntry> {
+    const where =
+      'id' in key
+        ? eq(byokDeks.id, key.id)
+        : and(eq(byokDeks.tenantId, key.tenantId), eq(byokDeks.state, 'active'))!;
+    const rows = await this.#selectDeks(where, txDb);
+    const row = rows[0];
+    if (row === undefined) {
+      if ('id' in key)
+        throw new KeyNotFoundError(
+          `data key ${key.id} does not exist in the key store (wrong database, or deleted)`,
+        );
+      return this.createDek(key.tenantId, { rotate: false, db: txDb, cache: false });
+    }
+    const entries = await this.#unwrapAll([row], txDb, false);
+    const e = entries.get(row.id)!;
+    if (e instanceof Error) throw e;
+    return e;
   }
 }
 
@@ -684,6 +733,14 @@ export function assertKek(kek: unknown, what: string): asserts kek is Kek {
   ) {
     throw new ByokConfigError(`${what} must be a KEK (localKek(...), awsKms(...) or gcpKms(...))`);
   }
+}
+
+/** PGlite (one connection): detected from the Drizzle instance's client. */
+function isSingleConnection(db: AnyPgDatabase): boolean {
+  const client = (db as { $client?: unknown }).$client as
+    | { constructor?: { name?: string }; waitReady?: unknown }
+    | undefined;
+  return client !== undefined && (client.constructor?.name === 'PGlite' || client.waitReady !== undefined);
 }
 
 function isRevocation(e: unknown): e is ByokError {

@@ -1,0 +1,51 @@
+import type { PGlite } from '@electric-sql/pglite';
+import {
+  createKeyring,
+  type Kek,
+  type Keyring,
+  type KeyringOptions,
+  withEncryption,
+} from '../../src/index.ts';
+import { makeSchema, type TestSchema } from '../fixtures/schema.ts';
+import { type DriverName, openDb, type TestDb, uniqueName } from './db.ts';
+import { type CountingKek, countingKek } from './kek.ts';
+
+export interface EncryptedDb {
+  readonly tdb: TestDb;
+  readonly db: TestDb['db'];
+  readonly s: TestSchema;
+  readonly keyring: Keyring;
+  readonly kek: CountingKek;
+  close(): Promise<void>;
+}
+
+/** A connection wrapped with encryption, a fresh schema of test tables, and a keyring on a counting KEK. */
+export async function setupEncryptedDb(
+  driver: DriverName,
+  options: {
+    kek?: Kek;
+    keyring?: Partial<KeyringOptions>;
+    pglite?: PGlite;
+    schemaName?: string;
+    createTables?: boolean;
+  } = {},
+): Promise<EncryptedDb> {
+  const s = makeSchema(options.schemaName ?? uniqueName('byok_test'));
+  const tdb = await openDb(driver, s.relational, options.pglite);
+  const kek = options.kek ? countingKek(options.kek) : countingKek();
+  const keyring = createKeyring({ db: tdb.db, platformKek: kek, ...options.keyring });
+  withEncryption(tdb.db, keyring, { tenantColumn: 'tenant_id' });
+  await keyring.installKeyStore();
+  if (options.createTables !== false) for (const stmt of s.ddl) await tdb.raw(stmt);
+  return {
+    tdb,
+    db: tdb.db,
+    s,
+    keyring,
+    kek,
+    close: async () => {
+      await keyring.close();
+      await tdb.close();
+    },
+  };
+}
