@@ -207,7 +207,13 @@ export function openFor(
   entry: DekEntry,
   env: Buffer,
 ): unknown {
-  const pt = open(fieldKeyFor(keyring, state, entry), env);
+  let pt: Buffer;
+  try {
+    pt = open(fieldKeyFor(keyring, state, entry), env);
+  } catch (cause) {
+    // Name the column (not secret, no oracle): which field failed is what an operator needs.
+    throw new DecryptionFailedError({ column: state.label, tenantId: entry.tenantId, cause });
+  }
   try {
     return state.codec.decode(pt);
   } catch {

@@ -184,24 +184,33 @@ function refuseComparison(chunks: readonly unknown[], at: number, state: Encrypt
   }
 }
 
+/**
+ * An insert row is an array of Params of several columns (an `inArray` list has one column only).
+ * When the row has the tenant column, the row's tenant must match the scope, and its encrypted
+ * values are encrypted under the row's tenant.
+ */
 function collectRowTenant(row: readonly unknown[], ctx: BuildContext, tenantColumn: string): void {
   let tenant: Param | undefined;
   let encrypted = false;
+  let firstEncoder: unknown;
+  let columns = 0;
   for (const el of row) {
     if (!is(el, Param)) continue;
     const p = el as Param;
+    if (columns === 0 || (columns === 1 && p.encoder !== firstEncoder)) {
+      columns++;
+      firstEncoder ??= p.encoder;
+    }
     if (encryptedState(p.encoder) !== undefined) encrypted = true;
-    else if ((p.encoder as { name?: unknown } | undefined)?.name === tenantColumn && is(p.encoder, Column))
-      tenant = p;
+    else if ((p.encoder as { name?: unknown } | undefined)?.name === tenantColumn && is(p.encoder, Column)) tenant = p;
   }
-  if (tenant === undefined || typeof tenant.value !== 'string') return;
+  if (columns < 2 || tenant === undefined || typeof tenant.value !== 'string') return;
   const rowTenant = tenant.value;
   const scoped = scopeStorage.getStore()?.tenantId;
   if (typeof scoped === 'string' && scoped !== rowTenant) {
-    throw new TenantMismatchError(
-      `a row of tenant ${rowTenant} was written inside the scope of tenant ${scoped}`,
-      { tenantId: scoped },
-    );
+    throw new TenantMismatchError(`a row of tenant ${rowTenant} was written inside the scope of tenant ${scoped}`, {
+      tenantId: scoped,
+    });
   }
   if (!encrypted) return;
   for (const el of row) {

@@ -44,7 +44,7 @@ export function withAnyTenant<T>(fn: () => T): Started<T> {
 /** A lazy thenable (a query builder) becomes the Promise of its result; anything else is unchanged. */
 export type Started<T> = T extends Promise<unknown> ? T : T extends PromiseLike<infer R> ? Promise<R> : T;
 
-function start<T>(value: T): Started<T> {
+export function start<T>(value: T): Started<T> {
   if (
     value instanceof Promise ||
     value === null ||

@@ -5,7 +5,7 @@ import { and, eq, inArray, sql } from 'drizzle-orm';
 import type { PgDatabase } from 'drizzle-orm/pg-core';
 import { deriveFieldKey, type FieldKey } from '../crypto/aead.ts';
 import { uuidToBytes } from '../crypto/envelope.ts';
-import { type Started, scopeStorage, withAnyTenant, withTenant } from '../drizzle/scope.ts';
+import { type Started, scopeStorage, start, withAnyTenant, withTenant } from '../drizzle/scope.ts';
 import {
   ByokConfigError,
   ByokError,
@@ -249,8 +249,9 @@ export class Keyring {
   // Loading
 
   /** Store queries run outside any tenant scope of the caller and outside its query context. */
-  #store<T>(fn: () => Promise<T>): Promise<T> {
-    return scopeStorage.exit(fn);
+  #store<T>(fn: () => PromiseLike<T>): Promise<T> {
+    // Builders are lazy: start them inside `exit`, or they would run in the caller's scope.
+    return scopeStorage.exit(() => start(fn()) as Promise<T>);
   }
 
   async #selectDeks(where: ReturnType<typeof eq>, db: AnyPgDatabase = this.db): Promise<DekRow[]> {
