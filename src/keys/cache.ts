@@ -1,3 +1,4 @@
+import type { KeyObject } from 'node:crypto';
 import type { FieldKey } from '../crypto/aead.ts';
 import { DEK_ID_OFFSET, envelopeDekId } from '../crypto/envelope.ts';
 
@@ -30,8 +31,10 @@ export interface DekEntry {
   readonly raw: Buffer;
   /** Field subkeys by column context. */
   readonly fieldKeys: Map<string, FieldKey>;
-  /** Other derived keys (blind index keys) by label. */
+  /** Other derived keys (blind index keys) by label and context: raw bytes (zeroed on eviction)... */
   readonly derived: Map<string, Buffer>;
+  /** ...and the same keys as KeyObjects for node:crypto. */
+  readonly derivedObjects: Map<string, KeyObject>;
   lastUsed: number;
   evicted: boolean;
 }
@@ -103,6 +106,7 @@ export class DekCache {
       raw,
       fieldKeys: new Map(),
       derived: new Map(),
+      derivedObjects: new Map(),
       lastUsed: now,
       evicted: false,
     };
@@ -129,6 +133,7 @@ export class DekCache {
       raw,
       fieldKeys: new Map(),
       derived: new Map(),
+      derivedObjects: new Map(),
       lastUsed: now,
       evicted: false,
     };
@@ -180,6 +185,7 @@ export class DekCache {
       for (const d of e.derived.values()) d.fill(0);
       e.fieldKeys.clear();
       e.derived.clear();
+      e.derivedObjects.clear();
     }
   }
 }
