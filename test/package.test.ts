@@ -1,0 +1,59 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { KEY_STORE_MIGRATION } from '../src/index.ts';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const run = (args: string[]) => execFileSync(process.execPath, args, { cwd: root, encoding: 'utf8' });
+
+/** The built package as users get it (`npm test` builds it first). */
+describe('package', () => {
+  it('is built with ESM, CJS and types for every entry point', () => {
+    const pkg = JSON.parse(readFileSync(`${root}/package.json`, 'utf8'));
+    for (const [sub, target] of Object.entries<Record<string, Record<string, string>> | string>(
+      pkg.exports,
+    )) {
+      if (typeof target === 'string') continue;
+      for (const cond of ['import', 'require']) {
+        for (const file of Object.values(target[cond]!))
+          expect(existsSync(`${root}/${file}`), `${sub} ${cond} ${file}`).toBe(true);
+      }
+    }
+    expect(pkg.engines.node).toBe('>=22');
+  });
+
+  it('the main entry loads through require and import without loading any cloud SDK', () => {
+    const cjs = run([
+      '-e',
+      `const m = require('drizzle-byok'); const loaded = Object.keys(require.cache);
+       console.log(JSON.stringify({ ok: typeof m.withEncryption === 'function' && typeof m.encrypted.text === 'function',
+         sdk: loaded.filter((k) => /@aws-sdk|@google-cloud|google-gax|@grpc/.test(k)).length }));`,
+    ]);
+    expect(JSON.parse(cjs)).toEqual({ ok: true, sdk: 0 });
+    const esm = run([
+      '--input-type=module',
+      '-e',
+      `const m = await import('drizzle-byok'); const s = await import('drizzle-byok/schema');
+       const { createRequire } = await import('node:module'); const req = createRequire(import.meta.url);
+       console.log(JSON.stringify({ ok: typeof m.createKeyring === 'function' && !!s.byokDeks,
+         sdk: Object.keys(req.cache).filter((k) => /@aws-sdk|@google-cloud|google-gax|@grpc/.test(k)).length }));`,
+    ]);
+    expect(JSON.parse(esm)).toEqual({ ok: true, sdk: 0 });
+  });
+
+  it('provider and testing entry points load their SDKs on demand', () => {
+    const out = run([
+      '--input-type=module',
+      '-e',
+      `const aws = await import('drizzle-byok/aws'); const gcp = await import('drizzle-byok/gcp');
+       const t = await import('drizzle-byok/testing');
+       console.log(JSON.stringify([typeof aws.awsKms, typeof gcp.gcpKms, typeof t.startAwsKmsServer, typeof t.startGcpKmsServer]));`,
+    ]);
+    expect(JSON.parse(out)).toEqual(['function', 'function', 'function', 'function']);
+  });
+
+  it('ships the key store migration exactly as the library runs it', () => {
+    expect(readFileSync(`${root}/migrations/0001_key_store.sql`, 'utf8')).toBe(KEY_STORE_MIGRATION);
+  });
+});

@@ -1,0 +1,28 @@
+import { defineConfig } from 'tsup';
+
+export default defineConfig({
+  entry: {
+    index: 'src/index.ts',
+    schema: 'src/schema.ts',
+    aws: 'src/kms/aws.ts',
+    gcp: 'src/kms/gcp.ts',
+    testing: 'src/testing/index.ts',
+  },
+  format: ['esm', 'cjs'],
+  dts: true,
+  sourcemap: true,
+  clean: true,
+  target: 'node22',
+  shims: true,
+  splitting: true,
+  // SDKs are optional peers, loaded only by their provider's entry point.
+  external: [
+    /^@aws-sdk\//,
+    /^@google-cloud\//,
+    /^google-gax/,
+    /^@grpc\//,
+    /^@opentelemetry\//,
+    'drizzle-orm',
+    'dataloader',
+  ],
+});
