@@ -86,7 +86,7 @@ function parseKey(key: unknown): Buffer {
     "(e.g. node -e \"console.log(require('crypto').randomBytes(32).toString('base64'))\")";
   if (key instanceof Uint8Array) {
     if (key.length !== 32) throw new ByokConfigError(`${hint}; got ${key.length} bytes`);
-    return Buffer.from(key);
+    return notRepeated(Buffer.from(key), hint);
   }
   if (typeof key !== 'string' || key.length === 0) {
     throw new ByokConfigError(
