@@ -100,6 +100,10 @@ function parseKey(key: unknown): Buffer {
     raw = Buffer.from(text, text.includes('-') || text.includes('_') ? 'base64url' : 'base64');
   if (raw === undefined) throw new ByokConfigError(`${hint}; the text is neither base64 nor hex`);
   if (raw.length !== 32) throw new ByokConfigError(`${hint}; it decodes to ${raw.length} bytes`);
+  return notRepeated(raw, hint);
+}
+
+function notRepeated(raw: Buffer, hint: string): Buffer {
   if (raw.every((b) => b === raw[0]))
     throw new ByokConfigError(`${hint}; the key is a repeated byte, not random`);
   return raw;
