@@ -1,2 +1,4 @@
 /** `drizzle-byok/schema`: the key store tables, for drizzle-kit and for queries of your own. */
 export * from './keys/schema.ts';
+/** The retrofit engine's checkpoint tables (`migrations/0002_retrofit.sql`). */
+export { byokRetrofitChunks, byokRetrofitJobs } from './migrate/schema.ts';

@@ -1,5 +1,6 @@
 import { sql } from 'drizzle-orm';
 import type { PgDatabase } from 'drizzle-orm/pg-core';
+import { RETROFIT_MIGRATION } from '../migrate/schema.ts';
 
 /**
  * The key store migration, identical to the shipped `migrations/0001_key_store.sql` (a test checks
@@ -73,6 +74,9 @@ CREATE TABLE IF NOT EXISTS byok.audit (
 CREATE INDEX IF NOT EXISTS audit_tenant_at_idx ON byok.audit (tenant_id, at);
 `;
 
+/** Every shipped migration (`migrations/000N_*.sql`), in the order `installKeyStore` runs them. */
+export const MIGRATIONS: readonly string[] = [KEY_STORE_MIGRATION, RETROFIT_MIGRATION];
+
 /** Splits a migration into statements (no semicolons inside literals in our own SQL). */
 export function migrationStatements(text: string): string[] {
   return text
@@ -91,6 +95,8 @@ export function migrationStatements(text: string): string[] {
 export async function installKeyStore(db: PgDatabase<any, any, any>): Promise<void> {
   await db.transaction(async (tx) => {
     await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended('byok:install-key-store', 0))`);
-    for (const statement of migrationStatements(KEY_STORE_MIGRATION)) await tx.execute(sql.raw(statement));
+    for (const migration of MIGRATIONS) {
+      for (const statement of migrationStatements(migration)) await tx.execute(sql.raw(statement));
+    }
   });
 }
