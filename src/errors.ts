@@ -152,7 +152,8 @@ export type ByokErrorCode =
   | typeof KmsCredentialsError.code
   | typeof WriteRefusedError.code
   | typeof UniqueViolationError.code
-  | typeof LifecycleBusyError.code;
+  | typeof LifecycleBusyError.code
+  | typeof RetrofitBusyError.code;
 
 /** True for any error thrown by drizzle-byok on purpose (works across duplicate installs). */
 export function isByokError(e: unknown): e is ByokError {
@@ -163,4 +164,12 @@ export function isByokError(e: unknown): e is ByokError {
       typeof (e as { code?: unknown }).code === 'string' &&
       (e as { code: string }).code.startsWith('ERR_BYOK'))
   );
+}
+
+/**
+ * The retrofit engine could not make progress: rows stayed locked by other transactions longer than
+ * `busyTimeoutMs`, or another operation (encrypt / rollback) is running on the same columns.
+ */
+export class RetrofitBusyError extends ByokError {
+  static override code = 'ERR_BYOK_RETROFIT_BUSY';
 }

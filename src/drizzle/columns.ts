@@ -258,7 +258,12 @@ function fromDriver(this: PgColumn, value: unknown): unknown {
   return openFor(q.keyring, state, entry, env);
 }
 
-function passthrough(state: EncryptedColumnState, value: unknown): unknown {
+/**
+ * The app value of a stored value that is not ciphertext (passthrough and read-only modes; the
+ * retrofit engine reads plaintext the same way). Throws `DecryptionFailedError` when the value is not
+ * a valid plain form for the column's codec.
+ */
+export function passthrough(state: EncryptedColumnState, value: unknown): unknown {
   if (state.storage === 'text' && typeof value === 'string') {
     if (state.codec.name === 'json') {
       try {
