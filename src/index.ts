@@ -9,7 +9,19 @@ export { currentTenant, withAnyTenant, withTenant } from './drizzle/scope.ts';
 export * from './errors.ts';
 export type { DekCacheOptions } from './keys/cache.ts';
 export type { ByokEvent, ByokEventListener } from './keys/events.ts';
-export { createKeyring, Keyring, type KeyringOptions, type KeyringStats } from './keys/keyring.ts';
+export {
+  createKeyring,
+  INVALIDATION_CHANNEL,
+  Keyring,
+  type KeyringOptions,
+  type KeyringStats,
+} from './keys/keyring.ts';
+export {
+  type LifecycleOptions,
+  type TenantKekStatus,
+  type TenantStatus,
+  verifyKek,
+} from './keys/lifecycle.ts';
 export { installKeyStore, KEY_STORE_MIGRATION } from './keys/store.ts';
 export type { Kek, KekConfig, KekFactory, KekKind, KeyDescription, WrapContext } from './kms/kek.ts';
 export { type LocalKekOptions, localKek } from './kms/local.ts';

@@ -27,7 +27,9 @@ import {
 import type { Kek, KekConfig, KekFactory, WrapContext } from '../kms/kek.ts';
 import { DekCache, type DekCacheOptions, type DekEntry } from './cache.ts';
 import type { ByokEvent, ByokEventListener } from './events.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
+import * as lifecycle from './lifecycle.ts';
+import { byokAudit, byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
+import { loadTelemetry, withSpan } from './telemetry.ts';
 import { installKeyStore } from './store.ts';
 
 export type AnyPgDatabase = PgDatabase<any, any, any>;
@@ -61,7 +63,15 @@ export interface KeyringOptions {
    * key in the cache that the database no longer has. Default: detected (true for PGlite).
    */
   singleConnection?: boolean;
+  /**
+   * Write KMS calls, lifecycle changes and revocations to the `byok.audit` table (buffered, flushed
+   * every second and by lifecycle operations). Default false: subscribe with `onEvent` instead.
+   */
+  auditTable?: boolean;
 }
+
+/** PostgreSQL NOTIFY channel on which instances tell each other to drop a tenant's cached keys. */
+export const INVALIDATION_CHANNEL = 'byok_invalidate';
 
 /** Row shapes read from the store. */
 interface WrapRow {
@@ -123,6 +133,13 @@ export class Keyring {
   readonly #inflightActive = new Map<string, Promise<DekEntry>>();
   readonly #kekInstances = new Map<string, Promise<Kek>>();
   #stats = { hotHits: 0, unwraps: 0, batches: 0, created: 0 };
+  /** Identifies this instance in invalidation notices. */
+  readonly instanceId = randomUUID();
+  readonly #auditTable: boolean;
+  #auditBuffer: (typeof byokAudit.$inferInsert)[] = [];
+  #auditTimer: NodeJS.Timeout | undefined;
+  #listener: { stop(): Promise<void> } | undefined;
+  readonly #kekIdsByTenant = new Map<string, Set<string>>();
 
   constructor(options: KeyringOptions) {
     if (options === null || typeof options !== 'object')
@@ -140,6 +157,12 @@ export class Keyring {
     const maxBatchSize = positiveInt(options.maxBatchSize ?? 500, 'maxBatchSize');
     this.#preferredRegion = options.preferredRegion;
     this.#singleConnection = options.singleConnection ?? isSingleConnection(options.db);
+    this.#auditTable = options.auditTable === true;
+    if (this.#auditTable) {
+      this.#auditTimer = setInterval(() => void this.flushAudit().catch(() => undefined), 1000);
+      this.#auditTimer.unref();
+    }
+    void loadTelemetry();
     if (options.onEvent !== undefined) this.#listeners.add(options.onEvent);
     this.#dekLoader = new DataLoader((ids) => this.#loadDeks(ids), { cache: false, maxBatchSize });
     this.#activeLoader = new DataLoader((tenants) => this.#loadActive(tenants), {
@@ -171,6 +194,16 @@ export class Keyring {
 
   stats(): KeyringStats {
     return { ...this.#stats, cachedKeys: this.cache.size };
+  }
+
+  /** Whether a KEK kind can be rebuilt from stored configuration on this keyring. */
+  hasFactory(kind: string): boolean {
+    return this.#factories[kind] !== undefined;
+  }
+
+  /** True when the key store database has one connection (PGlite). */
+  get singleConnection(): boolean {
+    return this.#singleConnection;
   }
 
   /** @internal counts a field served from the cache without waiting. */
@@ -208,7 +241,11 @@ export class Keyring {
    */
   getDek(id: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
     const hit = this.cache.get(id);
-    if (hit !== undefined) return Promise.resolve(hit);
+    if (hit !== undefined) {
+      this.emit({ type: 'cache', outcome: 'hit', tenantId: hit.tenantId, dekId: id });
+      return Promise.resolve(hit);
+    }
+    this.emit({ type: 'cache', outcome: 'miss', dekId: id });
     if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { id });
     let p = this.#inflightDek.get(id);
     if (p === undefined) {
@@ -259,7 +296,11 @@ export class Keyring {
   /** The tenant's active data key, created on first use (race-safe across processes). */
   getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
     const hit = this.cache.active(tenantId);
-    if (hit !== undefined) return Promise.resolve(hit);
+    if (hit !== undefined) {
+      this.emit({ type: 'cache', outcome: 'hit', tenantId, dekId: hit.id });
+      return Promise.resolve(hit);
+    }
+    this.emit({ type: 'cache', outcome: 'miss', tenantId, dekId: 'active' });
     if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { tenantId });
     let p = this.#inflightActive.get(tenantId);
     if (p === undefined) {
@@ -276,10 +317,211 @@ export class Keyring {
   }
 
   async close(): Promise<void> {
+    await this.#listener?.stop();
+    this.#listener = undefined;
+    if (this.#auditTimer !== undefined) clearInterval(this.#auditTimer);
+    await this.flushAudit().catch(() => undefined);
     this.cache.clear();
     const keks = await Promise.allSettled(this.#kekInstances.values());
     this.#kekInstances.clear();
     for (const k of keks) if (k.status === 'fulfilled') await k.value.close?.();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Key lifecycle (see lifecycle.ts)
+
+  /**
+   * Puts the tenant's data keys under its own KEK(s): verifies each key (state, usage, a wrap/unwrap
+   * round trip), then re-wraps every data key under each and removes the platform wrap, in one
+   * transaction. Several KEKs (e.g. primary and replica region) each wrap every data key.
+   */
+  enableByok(
+    tenantId: string,
+    keks: Kek | readonly Kek[],
+    options?: lifecycle.LifecycleOptions,
+  ): Promise<lifecycle.TenantStatus> {
+    return lifecycle.enableByok(this, tenantId, keks, options);
+  }
+
+  /** Replaces the tenant's KEK(s) after verifying the new ones; re-wraps data keys only. */
+  rotateKek(
+    tenantId: string,
+    keks: Kek | readonly Kek[],
+    options?: lifecycle.LifecycleOptions,
+  ): Promise<lifecycle.TenantStatus> {
+    return lifecycle.rotateKek(this, tenantId, keks, options);
+  }
+
+  /** Moves the tenant back under the platform key (re-wraps its data keys). */
+  disableByok(tenantId: string, options?: lifecycle.LifecycleOptions): Promise<lifecycle.TenantStatus> {
+    return lifecycle.disableByok(this, tenantId, options);
+  }
+
+  /** Starts a new data key version for new writes; old versions stay readable. */
+  rotateDek(tenantId: string): Promise<{ tenantId: string; version: number }> {
+    return lifecycle.rotateDek(this, tenantId);
+  }
+
+  /** Crypto-shreds the tenant: destroys every wrapped data key. Irreversible; `confirm` repeats the id. */
+  shred(
+    tenantId: string,
+    options: { confirm: string } & lifecycle.LifecycleOptions,
+  ): Promise<{ tenantId: string; destroyedVersions: number }> {
+    return lifecycle.shred(this, tenantId, options);
+  }
+
+  /** Mode, KEKs, health, data key versions and progress of a tenant. No secrets. */
+  status(tenantId: string): Promise<lifecycle.TenantStatus> {
+    return lifecycle.status(this, tenantId);
+  }
+
+  /** DescribeKey / GetCryptoKey sweep over BYOK tenants; records health, evicts revoked tenants. */
+  checkHealth(options?: {
+    tenants?: readonly string[];
+    concurrency?: number;
+  }): Promise<lifecycle.TenantStatus[]> {
+    return lifecycle.checkHealth(this, options);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Cross-instance invalidation (PostgreSQL LISTEN/NOTIFY)
+
+  /** @internal Tells every instance (at commit when `db` is a transaction) to drop a tenant's keys. */
+  async notify(db: AnyPgDatabase, tenantId: string, reason: string, keyRef?: string): Promise<void> {
+    const payload = JSON.stringify({
+      t: tenantId,
+      r: reason,
+      o: this.instanceId,
+      ...(keyRef ? { k: keyRef } : {}),
+    });
+    await this.#store(() => db.execute(sql`select pg_notify(${INVALIDATION_CHANNEL}, ${payload})`));
+  }
+
+  /**
+   * Listens for invalidation notices from other instances (a dedicated connection for postgres.js
+   * and node-postgres; PGlite's own `listen`). Call once per process; `close()` stops it. The cache
+   * max age remains the backstop when a notice is lost (connection drop).
+   */
+  async startListening(): Promise<{ stop(): Promise<void> }> {
+    if (this.#listener !== undefined) return this.#listener;
+    const client = (this.db as { $client?: unknown }).$client as Record<string, unknown> | undefined;
+    const onPayload = (payload: string | undefined) => this.#onNotice(payload);
+    let stop: () => Promise<void>;
+    if (client !== undefined && typeof client.listen === 'function' && typeof client.unsafe === 'function') {
+      // postgres.js
+      const sub = (await (
+        client.listen as (c: string, fn: (p: string) => void) => Promise<{ unlisten(): Promise<void> }>
+      )(INVALIDATION_CHANNEL, onPayload)) as { unlisten(): Promise<void> };
+      stop = () => sub.unlisten();
+    } else if (client !== undefined && typeof client.listen === 'function') {
+      // PGlite
+      const unsub = await (
+        client.listen as (c: string, fn: (p: string) => void) => Promise<() => Promise<void>>
+      )(INVALIDATION_CHANNEL, onPayload);
+      stop = () => unsub();
+    } else if (
+      client !== undefined &&
+      typeof client.connect === 'function' &&
+      typeof client.query === 'function'
+    ) {
+      // node-postgres Pool or Client
+      stop = await listenNodePg(client, onPayload);
+    } else {
+      throw new ByokConfigError(
+        'startListening: unsupported driver; use postgres.js, node-postgres or PGlite',
+      );
+    }
+    this.#listener = {
+      stop: async () => {
+        this.#listener = undefined;
+        await stop().catch(() => undefined);
+      },
+    };
+    return this.#listener;
+  }
+
+  #onNotice(payload: string | undefined): void {
+    let msg: { t?: unknown; r?: unknown; o?: unknown; k?: unknown };
+    try {
+      msg = JSON.parse(payload ?? '');
+    } catch {
+      return;
+    }
+    if (typeof msg.t !== 'string' || typeof msg.r !== 'string' || msg.o === this.instanceId) return;
+    this.cache.evictTenant(msg.t);
+    this.dropKekInstances(this.#kekIdsByTenant.get(msg.t) ?? []);
+    this.emit({ type: 'invalidation', tenantId: msg.t, reason: msg.r, source: 'remote' });
+    if (msg.r === 'revoked' && typeof msg.k === 'string') {
+      this.emit({
+        type: 'revocation',
+        tenantId: msg.t,
+        keyRef: msg.k,
+        errorCode: 'REMOTE',
+        source: 'remote',
+      });
+    }
+  }
+
+  /**
+   * @internal A KMS refused a tenant's key: evict its keys here, record its health, and tell the
+   * other instances. Errors while recording are swallowed (the refusal itself is what matters).
+   */
+  async reportRevocation(tenantId: string, keyRef: string, e: ByokError): Promise<void> {
+    if (!(e instanceof KeyAccessDeniedError || e instanceof KeyDisabledError)) return;
+    this.cache.evictTenant(tenantId);
+    this.emit({ type: 'revocation', tenantId, keyRef, errorCode: e.code, source: 'local' });
+    this.audit({
+      tenantId,
+      operation: 'revocation',
+      keyRef,
+      outcome: 'error',
+      detail: { errorCode: e.code },
+    }).catch(() => undefined);
+    await this.#store(async () => {
+      await this.db
+        .update(byokTenants)
+        .set({ health: 'error', lastError: `${e.code}: ${e.message}`, lastVerifiedAt: new Date() })
+        .where(eq(byokTenants.tenantId, tenantId));
+      await this.db
+        .update(byokKeks)
+        .set({ health: 'error', lastError: `${e.code}: ${e.message}`, lastVerifiedAt: new Date() })
+        .where(
+          and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.keyRef, keyRef), eq(byokKeks.state, 'active')),
+        );
+      await this.notify(this.db, tenantId, 'revoked', keyRef);
+    }).catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Audit table
+
+  /** @internal Records an audit row (when `auditTable` is on). */
+  async audit(record: {
+    tenantId?: string;
+    operation: string;
+    keyRef?: string;
+    outcome: string;
+    latencyMs?: number;
+    detail?: Record<string, unknown>;
+  }): Promise<void> {
+    if (!this.#auditTable) return;
+    this.#auditBuffer.push({
+      tenantId: record.tenantId ?? null,
+      operation: record.operation,
+      keyRef: record.keyRef ?? null,
+      outcome: record.outcome,
+      latencyMs: record.latencyMs === undefined ? null : Math.round(record.latencyMs),
+      detail: record.detail ?? null,
+    });
+    if (this.#auditBuffer.length >= 100 || record.operation !== 'kms') await this.flushAudit();
+  }
+
+  /** Writes buffered audit rows now. */
+  async flushAudit(): Promise<void> {
+    if (this.#auditBuffer.length === 0) return;
+    const batch = this.#auditBuffer;
+    this.#auditBuffer = [];
+    await this.#store(() => this.db.insert(byokAudit).values(batch));
   }
 
   toJSON(): unknown {
@@ -450,7 +692,7 @@ export class Keyring {
         continue;
       }
       try {
-        const raw = await this.#timedKms('unwrap', kek, row.tenantId, () =>
+        const raw = await this.timedKms('unwrap', kek, row.tenantId, () =>
           kek.unwrap(c.wrap.wrapped, context),
         );
         if (raw.length !== 32) throw new ByokError(`unwrapped data key has ${raw.length} bytes, expected 32`);
@@ -476,14 +718,22 @@ export class Keyring {
   }
 
   #onRevocation(tenantId: string, keyRef: string, e: ByokError): void {
-    this.cache.evictTenant(tenantId);
-    this.emit({ type: 'revocation', tenantId, keyRef, errorCode: e.code, source: 'local' });
+    void this.reportRevocation(tenantId, keyRef, e);
   }
 
-  async #timedKms<T>(operation: string, kek: Kek, tenantId: string, fn: () => Promise<T>): Promise<T> {
+  /** @internal Runs a KMS call, emitting a `kms` event (and an OpenTelemetry span when available). */
+  /** @internal Runs a KMS call: emits a `kms` event, an audit row and an OpenTelemetry span. */
+  async timedKms<T>(operation: string, kek: Kek, tenantId: string, fn: () => Promise<T>): Promise<T> {
     const started = performance.now();
+    const attributes = {
+      'byok.tenant': tenantId,
+      'byok.key_ref': kek.keyRef,
+      'byok.kek_kind': kek.kind,
+      'byok.operation': operation,
+    };
     try {
-      const r = await fn();
+      const r = await withSpan(`byok.kms.${operation}`, attributes, fn);
+      const latencyMs = performance.now() - started;
       this.emit({
         type: 'kms',
         operation,
@@ -491,10 +741,20 @@ export class Keyring {
         keyRef: kek.keyRef,
         kekKind: kek.kind,
         outcome: 'ok',
-        latencyMs: performance.now() - started,
+        latencyMs,
       });
+      void this.audit({
+        tenantId,
+        operation: 'kms',
+        keyRef: kek.keyRef,
+        outcome: 'ok',
+        latencyMs,
+        detail: { call: operation },
+      }).catch(() => undefined);
       return r;
     } catch (e) {
+      const latencyMs = performance.now() - started;
+      const errorCode = isByokError(e) ? e.code : 'ERR_UNKNOWN';
       this.emit({
         type: 'kms',
         operation,
@@ -502,9 +762,17 @@ export class Keyring {
         keyRef: kek.keyRef,
         kekKind: kek.kind,
         outcome: 'error',
-        errorCode: isByokError(e) ? e.code : 'ERR_UNKNOWN',
-        latencyMs: performance.now() - started,
+        errorCode,
+        latencyMs,
       });
+      void this.audit({
+        tenantId,
+        operation: 'kms',
+        keyRef: kek.keyRef,
+        outcome: 'error',
+        latencyMs,
+        detail: { call: operation, errorCode },
+      }).catch(() => undefined);
       throw e;
     }
   }
@@ -513,6 +781,9 @@ export class Keyring {
   kekFor(row: KekRow): Promise<Kek> {
     let p = this.#kekInstances.get(row.id);
     if (p === undefined) {
+      let ids = this.#kekIdsByTenant.get(row.tenantId);
+      if (ids === undefined) this.#kekIdsByTenant.set(row.tenantId, (ids = new Set()));
+      ids.add(row.id);
       p = this.#buildKek(row);
       p.catch(() => this.#kekInstances.delete(row.id));
       this.#kekInstances.set(row.id, p);
@@ -633,7 +904,7 @@ export class Keyring {
   ): Promise<{ kekId: string | null; kekRef: string; wrapped: Buffer }[]> {
     const context = { tenantId, dekId };
     if (keks.length === 0) {
-      const w = await this.#timedKms('wrap', this.platformKek, tenantId, () =>
+      const w = await this.timedKms('wrap', this.platformKek, tenantId, () =>
         this.platformKek.wrap(raw, context),
       );
       return [{ kekId: null, kekRef: this.platformKek.keyRef, wrapped: Buffer.from(w) }];
@@ -641,7 +912,7 @@ export class Keyring {
     return Promise.all(
       keks.map(async (k) => {
         const kek = await this.kekFor(k);
-        const w = await this.#timedKms('wrap', kek, tenantId, () => kek.wrap(raw, context));
+        const w = await this.timedKms('wrap', kek, tenantId, () => kek.wrap(raw, context));
         return { kekId: k.id, kekRef: k.keyRef, wrapped: Buffer.from(w) };
       }),
     );
@@ -821,4 +1092,42 @@ export async function mapLimit<T>(
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** LISTEN on a dedicated node-postgres connection, reconnecting after errors. */
+async function listenNodePg(
+  client: Record<string, unknown>,
+  onPayload: (p: string | undefined) => void,
+): Promise<() => Promise<void>> {
+  type Conn = {
+    query(q: string): Promise<unknown>;
+    on(ev: string, fn: (m: { channel: string; payload?: string }) => void): void;
+    release?: (err?: unknown) => void;
+    end?: () => Promise<void>;
+  };
+  let stopped = false;
+  let conn: Conn | undefined;
+  const connect = async (): Promise<void> => {
+    const c = (await (client.connect as () => Promise<Conn | undefined>)()) ?? (client as unknown as Conn);
+    conn = c;
+    c.on('notification', (m) => {
+      if (m.channel === INVALIDATION_CHANNEL) onPayload(m.payload);
+    });
+    c.on('error', () => {
+      c.release?.(true);
+      conn = undefined;
+      if (!stopped) setTimeout(() => void connect().catch(() => undefined), 500).unref();
+    });
+    await c.query(`LISTEN ${INVALIDATION_CHANNEL}`);
+  };
+  await connect();
+  return async () => {
+    stopped = true;
+    const c = conn;
+    conn = undefined;
+    if (c !== undefined) {
+      await c.query(`UNLISTEN ${INVALIDATION_CHANNEL}`).catch(() => undefined);
+      c.release?.();
+    }
+  };
 }
