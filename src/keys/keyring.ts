@@ -781,8 +781,8 @@ export class Keyring {
   kekFor(row: KekRow): Promise<Kek> {
     let p = this.#kekInstances.get(row.id);
     if (p === undefined) {
-      let ids = this.#kekIdsByTenant.get(row.tenantId);
-      if (ids === undefined) this.#kekIdsByTenant.set(row.tenantId, (ids = new Set()));
+      const ids = this.#kekIdsByTenant.get(row.tenantId) ?? new Set<string>();
+      this.#kekIdsByTenant.set(row.tenantId, ids);
       ids.add(row.id);
       p = this.#buildKek(row);
       p.catch(() => this.#kekInstances.delete(row.id));
