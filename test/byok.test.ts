@@ -20,7 +20,7 @@ import { gcpKekFactory, gcpKms } from '../src/kms/gcp.ts';
 import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws-kms-server.ts';
 import { type GcpKmsServer, startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
 import { MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
-import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
+import { type EncryptedDb, setupEncryptedDb, sibling } from './helpers/setup.ts';
 
 const factories = { 'aws-kms': awsKekFactory, 'gcp-kms': gcpKekFactory };
 
@@ -278,10 +278,8 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
       [T, primary.arn],
     );
     for (const preferredRegion of ['us-east-1', 'eu-west-1']) {
-      const fresh = await setupEncryptedDb(MAIN_DRIVER, {
+      const fresh = await sibling(e, {
         kek: localKek({ key: platformKey }),
-        createTables: false,
-        schemaName: e.s.name,
         keyring: { kekFactories: factories, preferredRegion },
       });
       const kmsEvents: ByokEvent[] = [];
@@ -357,10 +355,8 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     const res = await e.keyring.shred(T, { confirm: T });
     expect(res).toEqual({ tenantId: T, destroyedVersions: 2 });
     await expect(read(T)).rejects.toBeInstanceOf(TenantShreddedError);
-    const other = await setupEncryptedDb(MAIN_DRIVER, {
+    const other = await sibling(e, {
       kek: localKek({ key: platformKey }),
-      createTables: false,
-      schemaName: e.s.name,
     });
     await expect(
       withTenant(T, () => other.db.select().from(e.s.patients).where(eq(e.s.patients.tenantId, T))),
@@ -423,10 +419,8 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     const otherKey = aws.createKey();
     await write(T, 'revocable');
     await write(O, 'unaffected');
-    const short = await setupEncryptedDb(MAIN_DRIVER, {
+    const short = await sibling(e, {
       kek: localKek({ key: platformKey }),
-      createTables: false,
-      schemaName: e.s.name,
       keyring: { kekFactories: factories, cache: { maxAgeMs: 300 } },
     });
     try {
@@ -501,6 +495,13 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     try {
       const first = e.keyring.rotateKek(T, kekFor(key.arn));
       await new Promise((r) => setTimeout(r, 700));
+      if (e.keyring.singleConnection) {
+        // PGlite: one connection, one process; the second operation simply runs after the first
+        const second = await e.keyring.rotateKek(T, kekFor(key2.arn), { lockTimeoutMs: 100 });
+        await first;
+        expect(second.keks.map((k) => k.keyRef)).toEqual([key2.arn]);
+        return;
+      }
       expect((await e.keyring.status(T)).progress).toMatchObject({ operation: 'rotate-kek', total: 4 });
       const second = await e.keyring.rotateKek(T, kekFor(key2.arn), { lockTimeoutMs: 100 }).catch((x) => x);
       expect(second).toBeInstanceOf(LifecycleBusyError);

@@ -81,6 +81,16 @@ async function lockTenant(tx: AnyPgDatabase, tenantId: string, timeoutMs: number
   }
 }
 
+/** Whether some transaction holds the tenant's lifecycle lock right now. */
+async function lockHeld(db: AnyPgDatabase, tenantId: string): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    const [row] = (await rows(
+      tx.execute(sql`select pg_try_advisory_xact_lock(hashtextextended(${lockKey(tenantId)}, 0)) as ok`),
+    )) as { ok: boolean }[];
+    return row?.ok !== true;
+  });
+}
+
 async function rows(p: PromiseLike<unknown>): Promise<unknown[]> {
   const r = await p;
   return Array.isArray(r) ? r : ((r as { rows?: unknown[] }).rows ?? []);
@@ -573,6 +583,12 @@ export async function status(keyring: Keyring, tenantId: string): Promise<Tenant
         : unhealthy > 0
           ? 'degraded'
           : 'ok';
+    // Progress left by an operation whose process died: its transaction rolled back and released the lock.
+    let progress = t.progress ?? null;
+    if (progress !== null && !(await lockHeld(db, tenantId))) {
+      progress = null;
+      await db.update(byokTenants).set({ progress: null }).where(eq(byokTenants.tenantId, tenantId));
+    }
     return {
       tenantId,
       mode: t.mode === 'byok' ? 'byok' : 'platform',
@@ -582,7 +598,7 @@ export async function status(keyring: Keyring, tenantId: string): Promise<Tenant
       lastError: t.lastError,
       keks: kekStatuses,
       dekVersions: [...versions.values()],
-      progress: t.progress ?? null,
+      progress,
     };
   });
 }

@@ -49,3 +49,19 @@ export async function setupEncryptedDb(
     },
   };
 }
+
+/**
+ * Another app instance on the same database as `e` (another connection pool; on PGlite, another
+ * Drizzle instance on the same embedded database), with its own keyring, reusing `e`'s tables.
+ */
+export function sibling(
+  e: EncryptedDb,
+  options: { kek?: Kek; keyring?: Partial<KeyringOptions> } = {},
+): Promise<EncryptedDb> {
+  return setupEncryptedDb(e.tdb.driver, {
+    ...options,
+    createTables: false,
+    schemaName: e.s.name,
+    ...(e.tdb.driver === 'pglite' ? { pglite: (e.db as unknown as { $client: PGlite }).$client } : {}),
+  });
+}
