@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -237,6 +240,27 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     expect(await read(T)).toEqual([{ n: 'via role' }]);
     expect(aws.counters.operation('AssumeRole')).toBeGreaterThanOrEqual(1);
     expect(aws.counters.calls.find((c) => c.operation === 'Decrypt')?.principal).toContain('assumed-role');
+
+    // OIDC web identity, token from a file (as on EKS / GitHub Actions): serializable, rebuilt anywhere
+    const W = uniqueTenant('oidc');
+    await write(W, 'via web identity');
+    const provider = aws.addWebIdentityProvider();
+    const oidcRole = aws.addRole({
+      name: `oidc-${W.slice(-6)}`,
+      trust: { webIdentity: { providerArn: provider.arn, subject: 'platform-app' } },
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'byok-oidc-'));
+    const tokenFile = join(dir, 'token');
+    writeFileSync(tokenFile, provider.issueToken({ subject: 'platform-app' }));
+    await e.keyring.enableByok(
+      W,
+      kekFor(key.arn, { auth: { type: 'web-identity', roleArn: oidcRole.arn, tokenFile } }),
+    );
+    e.keyring.cache.clear();
+    aws.counters.reset();
+    expect(await read(W)).toEqual([{ n: 'via web identity' }]);
+    expect(aws.counters.operation('AssumeRoleWithWebIdentity')).toBeGreaterThanOrEqual(1);
+    rmSync(dir, { recursive: true });
   });
 
   it('rotateKek re-wraps under the new key; the old key can then be disabled without losing data', async () => {

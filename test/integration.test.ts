@@ -10,6 +10,8 @@ import {
   withAnyTenant,
   withTenant,
 } from '../src/index.ts';
+import { encryptedState } from '../src/drizzle/columns.ts';
+import { PendingWrite } from '../src/drizzle/placeholders.ts';
 import { DRIVERS, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
 
@@ -501,6 +503,25 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
       e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, tenants[0]!)),
     );
     expect(own).toEqual([{ n: `multi-${tenants[0]}` }]);
+  });
+
+  it('a sealed placeholder handed to the driver directly is refused, never stored (e.g. as JSON text)', async () => {
+    const T = uniqueTenant('leak');
+    const leak = new PendingWrite(T, encryptedState(e.s.patients.name)!, Buffer.from('plaintext secret'));
+    await expect(
+      e.tdb.raw(`insert into "${e.s.name}".patients (tenant_id, name) values ($1, $2)`, [T, leak]),
+    ).rejects.toThrow();
+    await expect(
+      e.tdb.raw(`insert into "${e.s.name}".patients (tenant_id, plain_note, name) values ($1, $2, '\\x00')`, [
+        T,
+        leak,
+      ]),
+    ).rejects.toThrow();
+    const n = await e.tdb.raw<{ n: number }>(
+      `select count(*)::int as n from "${e.s.name}".patients where tenant_id = $1`,
+      [T],
+    );
+    expect(n[0]!.n).toBe(0);
   });
 
   it('db.execute returns ciphertext; decryptRows decrypts raw rows in scope', async () => {
