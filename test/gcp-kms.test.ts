@@ -129,7 +129,7 @@ afterEach(() => {
 function kekFor(overrides: Partial<GcpKmsOptions> = {}, credentials: GcpServiceAccountKey = sa) {
   const kek = gcpKms({
     keyName: key.name,
-    credentials: { type: 'service-account', key: credentials },
+    credentials: { type: 'service-account', key: { ...credentials } },
     apiEndpoint: kms.apiEndpoint,
     port: kms.port,
     insecure: true,
@@ -912,7 +912,7 @@ describe('local server', () => {
     local.grant(k.name, localSa, 'roles/cloudkms.cryptoKeyEncrypterDecrypter');
     const kek = gcpKms({
       keyName: k.name,
-      credentials: { type: 'service-account', key: localSa },
+      credentials: { type: 'service-account', key: { ...localSa } },
       apiEndpoint: local.apiEndpoint,
       port: local.port,
       insecure: true,

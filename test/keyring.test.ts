@@ -155,7 +155,7 @@ describe('configuration errors name what to fix', () => {
   it('without a tenant column, an insert needs a tenant scope', async () => {
     const e = await setupEncryptedDb(MAIN_DRIVER);
     try {
-      const tdb = await openDb(MAIN_DRIVER, e.s.relational, MAIN_DRIVER === 'pglite' ? (e.db as { $client: never }).$client : undefined);
+      const tdb = await openDb(MAIN_DRIVER, e.s.relational, MAIN_DRIVER === 'pglite' ? (e.db as unknown as { $client: never }).$client : undefined);
       const keyring = createKeyring({ db: tdb.db, platformKek: e.kek });
       withEncryption(tdb.db, keyring);
       await expect(tdb.db.insert(e.s.patients).values({ tenantId: 'x', name: 'n' })).rejects.toBeInstanceOf(NoTenantError);
