@@ -25,3 +25,25 @@ export {
 export { installKeyStore, KEY_STORE_MIGRATION } from './keys/store.ts';
 export type { Kek, KekConfig, KekFactory, KekKind, KeyDescription, WrapContext } from './kms/kek.ts';
 export { type LocalKekOptions, localKek } from './kms/local.ts';
+/** Retrofit: encrypt existing plaintext columns online, resumably (see docs/retrofit.md). */
+export {
+  type BackfillOptions,
+  type BackfillProgress,
+  type BackfillResult,
+  backfillJobId,
+  type PlanReport,
+  planBackfill,
+  type RetrofitColumn,
+  type RetrofitOperation,
+  type RetrofitTableConfig,
+  rollbackBackfill,
+  runBackfill,
+  type ValueCounts,
+  type VerifyColumnReport,
+  type VerifyOptions,
+  type VerifyReport,
+  verifyBackfill,
+} from './migrate/index.ts';
+export { RETROFIT_MIGRATION } from './migrate/schema.ts';
+/** The `drizzle-byok` CLI's configuration file (`drizzle-byok.config.ts`). */
+export { type ByokCliConfig, defineConfig } from './cli/config.ts';

@@ -1,0 +1,208 @@
+import { parseArgs } from 'node:util';
+import { ByokConfigError, isByokError } from '../errors.ts';
+import { CliConfigError, type LoadedConfig, loadConfig } from './config.ts';
+import { type Context, EXIT, type Flags, UsageError } from './context.ts';
+import { keysCommand } from './keys.ts';
+import { migrateCommand } from './migrate.ts';
+import { type Io, toJson } from './output.ts';
+
+export { EXIT } from './context.ts';
+
+export const USAGE = `Usage: drizzle-byok <command> [options]
+
+Retrofit (encrypt existing plaintext columns online, resumably):
+  migrate plan       [--table T]...                 what run would do: counts, column types, job state
+  migrate run        [--table T]... [--tenant X]... encrypt plaintext (and re-encrypt old key versions)
+                     [--batch-size N] [--chunk-size N] [--rate ROWS_PER_S] [--lease-ms N]
+                     [--no-reencrypt] [--restart] [--skip-tenant-errors] [--no-wait] [--dry-run]
+  migrate verify     [--table T]... [--tenant X]... [--shallow]
+                                                    count plaintext / stale / unreadable values (exit 3 if any)
+  migrate rollback   [--table T]... [--tenant X]... --yes [--dry-run]
+                                                    decrypt back to plaintext
+  migrate install                                   create the key store and checkpoint tables
+
+Keys (one tenant's key lifecycle):
+  keys status  <tenant>...                          mode, KEKs, health, data key versions
+  keys enable  <tenant> KEK                         bring your own key (re-wraps data keys)
+  keys rotate  <tenant> [KEK]                       new KEK(s) when given; else a new data key version
+  keys disable <tenant>                             back to the platform key
+  keys health                                       check every BYOK tenant's keys (exit 3 if any is not ok)
+  keys shred   <tenant> --confirm <tenant>          destroy every data key: the tenant's data is gone
+
+  KEK: --kek NAME (from the config's \`keks\`)
+     | --aws-key-arn ARN... [--aws-role-arn ARN --external-id ID] [--aws-region R]
+       [--aws-endpoint URL] [--aws-sts-endpoint URL]            (credentials: the AWS default chain)
+     | --gcp-key-name projects/.../cryptoKeys/K... [--gcp-credentials key.json]
+       [--gcp-endpoint HOST[:PORT]] [--gcp-insecure]
+
+Options:
+  --config PATH        config file (default: ./drizzle-byok.config.ts, .mts, .js, .mjs)
+  --json               machine-readable output on stdout (errors too, as { ok: false, error })
+  --dry-run            change nothing; show what would be done
+  --no-progress        no progress output
+  --progress-every S   seconds between progress lines when stderr is not a terminal (default 5)
+  -h, --help           this help
+
+Exit codes: 0 ok · 1 failure · 2 usage/config error · 3 problems found (verify, health...) · 130 interrupted
+`;
+
+const OPTIONS = {
+  config: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  table: { type: 'string', multiple: true },
+  tenant: { type: 'string', multiple: true },
+  'batch-size': { type: 'string' },
+  'chunk-size': { type: 'string' },
+  'lease-ms': { type: 'string' },
+  'busy-timeout-ms': { type: 'string' },
+  rate: { type: 'string' },
+  'no-reencrypt': { type: 'boolean' },
+  restart: { type: 'boolean' },
+  'skip-tenant-errors': { type: 'boolean' },
+  'no-wait': { type: 'boolean' },
+  'dry-run': { type: 'boolean' },
+  'no-progress': { type: 'boolean' },
+  'progress-every': { type: 'string' },
+  yes: { type: 'boolean' },
+  shallow: { type: 'boolean' },
+  kek: { type: 'string', multiple: true },
+  'aws-key-arn': { type: 'string', multiple: true },
+  'aws-region': { type: 'string' },
+  'aws-endpoint': { type: 'string' },
+  'aws-sts-endpoint': { type: 'string' },
+  'aws-role-arn': { type: 'string' },
+  'external-id': { type: 'string' },
+  'gcp-key-name': { type: 'string', multiple: true },
+  'gcp-endpoint': { type: 'string' },
+  'gcp-insecure': { type: 'boolean' },
+  'gcp-credentials': { type: 'string' },
+  confirm: { type: 'string' },
+} as const;
+
+const COMMON = ['config', 'json', 'help', 'no-progress', 'progress-every'];
+const KEK_FLAGS = [
+  'kek',
+  'aws-key-arn',
+  'aws-region',
+  'aws-endpoint',
+  'aws-sts-endpoint',
+  'aws-role-arn',
+  'external-id',
+  'gcp-key-name',
+  'gcp-endpoint',
+  'gcp-insecure',
+  'gcp-credentials',
+];
+const BACKFILL = [
+  'table',
+  'tenant',
+  'batch-size',
+  'chunk-size',
+  'lease-ms',
+  'busy-timeout-ms',
+  'rate',
+  'dry-run',
+  'restart',
+  'no-wait',
+];
+
+/** Flags each command accepts (besides the common ones). */
+const ALLOWED: Record<string, readonly string[]> = {
+  'migrate plan': ['table'],
+  'migrate run': [...BACKFILL, 'no-reencrypt', 'skip-tenant-errors'],
+  'migrate verify': ['table', 'tenant', 'shallow', 'batch-size'],
+  'migrate rollback': [...BACKFILL, 'yes'],
+  'migrate install': [],
+  'keys status': [],
+  'keys enable': [...KEK_FLAGS, 'dry-run'],
+  'keys rotate': [...KEK_FLAGS, 'dry-run'],
+  'keys disable': ['dry-run'],
+  'keys health': ['tenant'],
+  'keys shred': ['confirm', 'dry-run'],
+};
+
+export interface RunOptions {
+  readonly cwd?: string;
+  readonly signal?: AbortSignal;
+}
+
+/** Runs the CLI with `argv` (without `node` and the script). Returns the exit code. */
+export async function runCli(argv: readonly string[], io: Io, options: RunOptions = {}): Promise<number> {
+  let json = argv.includes('--json');
+  let loaded: LoadedConfig | undefined;
+  try {
+    let parsed: ReturnType<
+      typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true; strict: true }>
+    >;
+    try {
+      parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
+    } catch (e) {
+      throw new UsageError(`${(e as Error).message}. See drizzle-byok --help`);
+    }
+    const flags = parsed.values as Flags;
+    json = flags.json === true;
+    const [group, sub, ...args] = parsed.positionals;
+    if (flags.help || group === undefined || group === 'help') {
+      io.stdout.write(USAGE);
+      return group === undefined && !flags.help ? EXIT.usage : EXIT.ok;
+    }
+    const name = `${group} ${sub ?? ''}`.trim();
+    const allowed = ALLOWED[name];
+    if (allowed === undefined) {
+      const hint =
+        group === 'migrate' || group === 'keys'
+          ? `${group} commands: ${Object.keys(ALLOWED)
+              .filter((k) => k.startsWith(`${group} `))
+              .map((k) => k.slice(group.length + 1))
+              .join(', ')}`
+          : 'commands: migrate plan|run|verify|rollback|install, keys status|enable|rotate|disable|health|shred';
+      throw new UsageError(`unknown command "${name}": ${hint}. See drizzle-byok --help`);
+    }
+    for (const f of Object.keys(flags)) {
+      if (!COMMON.includes(f) && !allowed.includes(f)) throw new UsageError(`${name} does not take --${f}`);
+    }
+    const cwd = options.cwd ?? process.cwd();
+    const ctx: Context = {
+      io,
+      flags,
+      args,
+      json,
+      signal: options.signal ?? new AbortController().signal,
+      config: async () => {
+        loaded ??= await loadConfig(cwd, flags.config);
+        return loaded;
+      },
+      out(value, human) {
+        io.stdout.write(json ? `${toJson(value)}\n` : `${human()}\n`);
+      },
+      say(line) {
+        if (!json) io.stdout.write(`${line}\n`);
+      },
+    };
+    if (group === 'migrate') return await migrateCommand(sub!, ctx);
+    return await keysCommand(sub!, ctx);
+  } catch (e) {
+    const code = exitCodeOf(e);
+    const err = e as { code?: unknown; message?: unknown; tenantId?: unknown };
+    const message = typeof err?.message === 'string' ? err.message : String(e);
+    if (json) {
+      io.stdout.write(
+        `${toJson({ ok: false, error: { code: typeof err?.code === 'string' ? err.code : 'ERR_UNKNOWN', message, ...(typeof err?.tenantId === 'string' ? { tenantId: err.tenantId } : {}) } })}\n`,
+      );
+    } else {
+      io.stderr.write(
+        `drizzle-byok: ${code === EXIT.usage ? '' : 'error: '}${message}${isByokError(e) && !(e instanceof ByokConfigError) ? ` [${e.code}]` : ''}\n`,
+      );
+    }
+    return code;
+  } finally {
+    await loaded?.close();
+  }
+}
+
+function exitCodeOf(e: unknown): number {
+  if (e instanceof UsageError || e instanceof CliConfigError || e instanceof ByokConfigError)
+    return EXIT.usage;
+  return EXIT.failure;
+}

@@ -1,0 +1,1176 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { type SQL, sql } from 'drizzle-orm';
+import { open } from '../crypto/aead.ts';
+import { openFor, sealFor } from '../drizzle/columns.ts';
+import {
+  ByokConfigError,
+  ByokError,
+  isByokError,
+  KmsThrottledError,
+  KmsUnavailableError,
+  RetrofitBusyError,
+} from '../errors.ts';
+import type { DekEntry } from '../keys/cache.ts';
+import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { ident, keysIn, query, rangeSql, tableSql } from './sql.ts';
+import {
+  type ResolvedColumn,
+  type ResolvedTarget,
+  type RetrofitTableConfig,
+  resolveTarget,
+} from './target.ts';
+import {
+  assertRetrofittable,
+  classify,
+  inPlacePlainValue,
+  inPlaceStoredPlain,
+  type Stored,
+  sourceText,
+  sourceValue,
+} from './values.ts';
+
+/** `encrypt`: plaintext → ciphertext (and older data key versions → the active one). `decrypt`: rollback. */
+export type RetrofitOperation = 'encrypt' | 'decrypt';
+
+export interface BackfillOptions {
+  /** Rows read per batch (one short transaction rewrites the rows of a batch that need it). Default 1,000. */
+  batchSize?: number;
+  /** Rows per chunk, the unit workers claim. Default 20,000. */
+  chunkSize?: number;
+  /**
+   * How long a claimed chunk stays reserved without a checkpoint before another worker may take it
+   * over (a worker renews it at every batch). Default 30,000 ms. A chunk of a worker that died on this
+   * same host is taken over at once.
+   */
+  leaseMs?: number;
+  /** Most rows read per second by this worker. Default unlimited. */
+  rowsPerSecond?: number;
+  /**
+   * `encrypt` only: re-encrypt values under an older data key version of their tenant (after
+   * `rotateDek`) with the active one. Default true.
+   */
+  reencrypt?: boolean;
+  /** Only rows of these tenants. Default every row. */
+  tenants?: readonly string[];
+  /** Scan and count what would be written; write nothing (no checkpoint either). */
+  dryRun?: boolean;
+  /** Discard the checkpoints of an unfinished job and start a new pass. */
+  restart?: boolean;
+  /**
+   * `encrypt` only: when a tenant's data key cannot be loaded or created (revoked BYOK key, shredded
+   * tenant), leave its rows as they are, report it in `tenantErrors` and go on. Default false (fail).
+   */
+  skipTenantErrors?: boolean;
+  /** How long rows locked by other transactions are waited for (retried) before failing. Default 60,000 ms. */
+  busyTimeoutMs?: number;
+  /** Wait for chunks other live workers hold until the whole job is done. Default true. */
+  waitForOthers?: boolean;
+  /** Stops after the current batch (its checkpoint committed); the result has `aborted: true`. */
+  signal?: AbortSignal;
+  onProgress?: (progress: BackfillProgress) => void;
+  /** Worker id recorded in the checkpoint table. Default `<hostname>:<pid>:<random>`. */
+  workerId?: string;
+  /** @internal test hooks */
+  hooks?: BackfillHooks;
+}
+
+/** @internal */
+export interface BackfillHooks {
+  /** After a batch was read and its keys loaded, before its rows are locked and rewritten. */
+  beforeLock?: (keys: readonly string[]) => void | Promise<void>;
+  /** After a batch's transaction committed, with the keys of the rows it rewrote. */
+  afterCommit?: (written: readonly string[]) => void | Promise<void>;
+}
+
+export interface BackfillProgress {
+  readonly operation: RetrofitOperation;
+  readonly job: string;
+  readonly table: string;
+  /** Rows processed by every worker of the job, this pass. */
+  readonly rowsDone: number;
+  /** Rows of the table (of the selected tenants) when the pass started. */
+  readonly rowsTotal: number;
+  /** Values this worker wrote. */
+  readonly valuesWritten: number;
+  /** Recent rate of this worker. */
+  readonly rowsPerSecond: number;
+  /** Estimated seconds left (every worker), or null when unknown. */
+  readonly etaSeconds: number | null;
+  readonly elapsedMs: number;
+}
+
+/** Counts per value (a row with 3 columns counts 3). */
+export interface ValueCounts {
+  /** Values encrypted (encrypt), or decrypted back to plaintext (decrypt). */
+  written: number;
+  /** Of `written`: values re-encrypted from an older data key version. */
+  reencrypted: number;
+  /** Already in the wanted state (ciphertext under the active key, or plaintext for decrypt). */
+  alreadyDone: number;
+  /** Ciphertext under an older data key version left as is (`reencrypt: false`). */
+  stale: number;
+  nulls: number;
+  /** Ciphertext that does not decrypt (malformed, wrong tenant, destroyed key): left untouched. */
+  unreadable: number;
+  /** Plaintext that is not a valid value of the column's type (e.g. bad JSON): left untouched. */
+  invalid: number;
+  /** Values of rows without a tenant: left untouched. */
+  noTenant: number;
+  /** Values of tenants whose key could not be loaded (`skipTenantErrors`): left untouched. */
+  tenantSkipped: number;
+}
+
+export interface BackfillResult extends ValueCounts {
+  readonly operation: RetrofitOperation;
+  readonly job: string;
+  pass: number;
+  readonly table: string;
+  readonly columns: readonly string[];
+  readonly worker: string;
+  readonly dryRun: boolean;
+  /** Rows this worker read. */
+  rowsSeen: number;
+  /** Chunks this worker finished. */
+  chunks: number;
+  /** Row locks that were busy (held by the app) and retried. */
+  busyRetries: number;
+  tenantErrors: { tenantId: string; code: string; message: string }[];
+  /** True when every chunk of the job is done (by this worker or others). */
+  jobDone: boolean;
+  aborted: boolean;
+  elapsedMs: number;
+  rowsPerSecond: number;
+}
+
+const DEFAULTS = { batchSize: 1000, chunkSize: 20_000, leaseMs: 30_000, busyTimeoutMs: 60_000 } as const;
+const TRANSIENT = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
+
+/**
+ * Encrypts the plaintext values of a table's columns online, in place or into shadow columns, and
+ * re-encrypts values under older data key versions. Resumable (checkpoints in `byok.retrofit_*`),
+ * idempotent, safe against concurrent writes by the app (each batch's rows are locked, re-read and
+ * rewritten in one short transaction; rows the app holds are skipped and retried), and shareable by
+ * several worker processes (chunks claimed with `FOR UPDATE SKIP LOCKED`).
+ *
+ * The app must already write ciphertext for these columns (read mode `passthrough`, or dual writes
+ * for shadow columns) before the backfill starts: rows inserted behind the backfill are not revisited.
+ */
+export function runBackfill(
+  db: AnyPgDatabase,
+  keyring: Keyring,
+  table: RetrofitTableConfig,
+  options: BackfillOptions = {},
+): Promise<BackfillResult> {
+  return new Backfill(db, keyring, table, 'encrypt', options).run();
+}
+
+/**
+ * Decrypts a table's encrypted values back to plaintext (in place; for shadow columns, into the
+ * source column, clearing the target). Same machinery as `runBackfill`. Freeze app writes to these
+ * columns first (read mode `read-only`), or the app keeps encrypting rows behind the rollback.
+ */
+export function rollbackBackfill(
+  db: AnyPgDatabase,
+  keyring: Keyring,
+  table: RetrofitTableConfig,
+  options: BackfillOptions = {},
+): Promise<BackfillResult> {
+  return new Backfill(db, keyring, table, 'decrypt', options).run();
+}
+
+/** The checkpoint job id of an operation over a table's columns (and tenants). */
+export function backfillJobId(
+  operation: RetrofitOperation,
+  target: ResolvedTarget,
+  tenants?: readonly string[],
+): string {
+  const cols = target.columns.map((c) => (c.source === undefined ? c.target : `${c.source}>${c.target}`));
+  let id = `${operation}:${target.qualified}:${cols.join(',')}`;
+  if (tenants !== undefined) {
+    const h = createHash('sha256')
+      .update(JSON.stringify([...tenants].sort()))
+      .digest('hex')
+      .slice(0, 16);
+    id += `:tenants-${h}`;
+  }
+  return id;
+}
+
+export function defaultWorkerId(): string {
+  return `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+}
+
+function positive(n: number | undefined, fallback: number, name: string): number {
+  if (n === undefined) return fallback;
+  if (!Number.isFinite(n) || n <= 0) throw new ByokConfigError(`${name} must be a positive number`);
+  return n;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+function emptyCounts(): ValueCounts {
+  return {
+    written: 0,
+    reencrypted: 0,
+    alreadyDone: 0,
+    stale: 0,
+    nulls: 0,
+    unreadable: 0,
+    invalid: 0,
+    noTenant: 0,
+    tenantSkipped: 0,
+  };
+}
+
+/** A row as read: key and tenant as text, raw target values `v<i>`, source text `s<i>`. */
+type Row = Record<string, unknown> & { k: string; t: string | null };
+
+interface Chunk {
+  readonly seq: number;
+  readonly lo: string | null;
+  readonly hi: string | null;
+  lastKey: string | null;
+}
+
+/** Keys loaded for a batch. */
+interface BatchKeys {
+  readonly active: Map<string, DekEntry>;
+  readonly old: Map<string, DekEntry>;
+  /** Tenants skipped (skipTenantErrors). */
+  readonly failedTenants: Set<string>;
+  /** DEK ids that could not be loaded for good (destroyed, unknown). */
+  readonly deadDeks: Set<string>;
+}
+
+/** One value's fate. */
+type Action =
+  | { readonly kind: 'count'; readonly counter: keyof ValueCounts }
+  | { readonly kind: 'work' }
+  /** A key is missing: reload keys and retry the row. */
+  | { readonly kind: 'need-key' };
+
+const COUNT = (counter: keyof ValueCounts): Action => ({ kind: 'count', counter });
+const WORK: Action = { kind: 'work' };
+const NEED_KEY: Action = { kind: 'need-key' };
+
+/** A computed rewrite of one column of one row. */
+interface ColumnWrite {
+  /** New raw value of the target column (ciphertext, or in-place plaintext for decrypt). */
+  readonly target?: string | Buffer;
+  /** New text form of the shadow source column (decrypt); the target is then cleared. */
+  readonly source?: string;
+}
+
+class LeaseLost extends Error {}
+
+class Backfill {
+  readonly db: AnyPgDatabase;
+  readonly keyring: Keyring;
+  readonly op: RetrofitOperation;
+  readonly t: ResolvedTarget;
+  readonly jobId: string;
+  readonly worker: string;
+  readonly batchSize: number;
+  readonly chunkSize: number;
+  readonly leaseMs: number;
+  readonly rate: number | undefined;
+  readonly reencrypt: boolean;
+  readonly tenants: readonly string[] | undefined;
+  readonly opts: BackfillOptions;
+  readonly result: BackfillResult;
+  readonly started = performance.now();
+  #pass = 1;
+  #total = 0;
+  #globalDone = 0;
+  #globalAt = 0;
+  #globalLocalAt = 0;
+  #rateWindow: { at: number; rows: number }[] = [];
+
+  constructor(
+    db: AnyPgDatabase,
+    keyring: Keyring,
+    table: RetrofitTableConfig,
+    op: RetrofitOperation,
+    opts: BackfillOptions,
+  ) {
+    if (db === undefined || typeof (db as { execute?: unknown })?.execute !== 'function') {
+      throw new ByokConfigError('backfill: `db` must be a Drizzle PostgreSQL database');
+    }
+    if (keyring === undefined || typeof (keyring as Partial<Keyring>)?.getActiveDek !== 'function') {
+      throw new ByokConfigError('backfill: `keyring` must come from createKeyring(...)');
+    }
+    this.db = db;
+    this.keyring = keyring;
+    this.op = op;
+    this.opts = opts;
+    this.t = resolveTarget(table, op === 'encrypt' ? 'runBackfill' : 'rollbackBackfill');
+    for (const c of this.t.columns) assertRetrofittable(c, this.t.qualified);
+    this.batchSize = Math.floor(positive(opts.batchSize, DEFAULTS.batchSize, 'batchSize'));
+    this.chunkSize = Math.floor(positive(opts.chunkSize, DEFAULTS.chunkSize, 'chunkSize'));
+    this.leaseMs = Math.floor(positive(opts.leaseMs, DEFAULTS.leaseMs, 'leaseMs'));
+    this.rate =
+      opts.rowsPerSecond === undefined ? undefined : positive(opts.rowsPerSecond, 1, 'rowsPerSecond');
+    this.reencrypt = opts.reencrypt ?? true;
+    if (opts.tenants !== undefined) {
+      if (
+        !Array.isArray(opts.tenants) ||
+        opts.tenants.length === 0 ||
+        opts.tenants.some((x) => typeof x !== 'string')
+      ) {
+        throw new ByokConfigError('tenants must be a non-empty array of tenant ids');
+      }
+    }
+    this.tenants = opts.tenants;
+    this.jobId = backfillJobId(op, this.t, this.tenants);
+    this.worker = opts.workerId ?? defaultWorkerId();
+    this.result = {
+      operation: op,
+      job: this.jobId,
+      pass: 1,
+      table: this.t.qualified,
+      columns: this.t.columns.map((c) => c.label),
+      worker: this.worker,
+      dryRun: opts.dryRun === true,
+      rowsSeen: 0,
+      chunks: 0,
+      busyRetries: 0,
+      tenantErrors: [],
+      jobDone: false,
+      aborted: false,
+      elapsedMs: 0,
+      rowsPerSecond: 0,
+      ...emptyCounts(),
+    };
+  }
+
+  async run(): Promise<BackfillResult> {
+    if (this.opts.dryRun) return this.#dryRun();
+    await this.#ensureJob();
+    const signal = this.opts.signal;
+    const poll = Math.min(1000, Math.max(50, this.leaseMs / 2));
+    while (!signal?.aborted) {
+      const claim = await this.#claim();
+      if (claim === 'done') {
+        await this.#tryFinish();
+        this.result.jobDone = true;
+        break;
+      }
+      if (claim === 'wait') {
+        if (this.opts.waitForOthers === false) break;
+        this.#emit(true);
+        await sleep(poll, signal);
+        continue;
+      }
+      try {
+        const finished = await this.#processChunk(claim);
+        if (finished) {
+          this.result.chunks++;
+          if (await this.#tryFinish()) {
+            this.result.jobDone = true;
+            break;
+          }
+        }
+      } catch (e) {
+        if (e instanceof LeaseLost) continue;
+        await this.#release(claim).catch(() => undefined);
+        throw e;
+      }
+    }
+    if (signal?.aborted) this.result.aborted = true;
+    this.#emit(true);
+    return this.#finish();
+  }
+
+  #finish(): BackfillResult {
+    const r = this.result;
+    r.pass = this.#pass;
+    r.elapsedMs = performance.now() - this.started;
+    r.rowsPerSecond = r.elapsedMs > 0 ? (r.rowsSeen * 1000) / r.elapsedMs : 0;
+    return r;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Job and chunks
+
+  async #countRows(db: AnyPgDatabase = this.db): Promise<number> {
+    const [r] = await query<{ n: unknown }>(
+      db,
+      sql`SELECT count(*)::float8 AS n FROM ${tableSql(this.t)} AS t WHERE ${rangeSql(this.t, sql.raw('t'), null, null, this.tenants)}`,
+    );
+    return Number(r?.n ?? 0);
+  }
+
+  async #ensureJob(): Promise<void> {
+    const other = backfillJobId(this.op === 'encrypt' ? 'decrypt' : 'encrypt', this.t, this.tenants);
+    const columns = JSON.stringify(
+      this.t.columns.map((c) => ({ target: c.target, source: c.source ?? null })),
+    );
+    await this.db.transaction(async (tx) => {
+      await tx.execute(
+        sql`SELECT pg_advisory_xact_lock(hashtextextended(${`byok:retrofit:${this.t.qualified}`}, 0))`,
+      );
+      // The opposite operation on the same columns must not run at the same time.
+      const [live] = await query<{ n: number }>(
+        tx,
+        sql`SELECT count(*)::int AS n FROM byok.retrofit_chunks c JOIN byok.retrofit_jobs j ON j.id = c.job_id
+             WHERE j.id = ${other} AND j.state = 'running' AND c.state = 'running' AND c.lease_until >= now()`,
+      );
+      if ((live?.n ?? 0) > 0) {
+        throw new RetrofitBusyError(
+          `${this.op === 'encrypt' ? 'a rollback' : 'an encryption backfill'} of ${this.t.qualified} is running ` +
+            `(job ${other}): stop it before starting ${this.op === 'encrypt' ? 'the backfill' : 'the rollback'}`,
+        );
+      }
+      await tx.execute(
+        sql`UPDATE byok.retrofit_jobs SET state = 'cancelled', updated_at = now() WHERE id = ${other} AND state = 'running'`,
+      );
+      const [job] = await query<{ state: string; pass: number }>(
+        tx,
+        sql`SELECT state, pass FROM byok.retrofit_jobs WHERE id = ${this.jobId} FOR UPDATE`,
+      );
+      if (job === undefined) {
+        const total = await this.#countRows(tx);
+        await tx.execute(sql`INSERT INTO byok.retrofit_jobs (id, operation, table_name, columns, chunk_size, total_rows)
+          VALUES (${this.jobId}, ${this.op}, ${this.t.qualified}, ${columns}::text::jsonb, ${this.chunkSize}, ${total})`);
+        this.#pass = 1;
+        this.#total = total;
+        return;
+      }
+      if (job.state === 'running' && !this.opts.restart) {
+        const [j] = await query<{ pass: number; total: unknown }>(
+          tx,
+          sql`SELECT pass, total_rows::float8 AS total FROM byok.retrofit_jobs WHERE id = ${this.jobId}`,
+        );
+        this.#pass = Number(j?.pass ?? 1);
+        this.#total = Number(j?.total ?? 0);
+        return;
+      }
+      if (job.state === 'running') {
+        const [busy] = await query<{ n: number }>(
+          tx,
+          sql`SELECT count(*)::int AS n FROM byok.retrofit_chunks
+               WHERE job_id = ${this.jobId} AND state = 'running' AND lease_until >= now()`,
+        );
+        if ((busy?.n ?? 0) > 0) {
+          throw new RetrofitBusyError(
+            `job ${this.jobId} has live workers: stop them before restarting it (or wait for their leases to expire)`,
+          );
+        }
+      }
+      const total = await this.#countRows(tx);
+      await tx.execute(sql`DELETE FROM byok.retrofit_chunks WHERE job_id = ${this.jobId}`);
+      const [n] = await query<{ pass: number }>(
+        tx,
+        sql`UPDATE byok.retrofit_jobs SET state = 'running', pass = pass + 1, chunk_size = ${this.chunkSize},
+              next_key = NULL, planned = false, total_rows = ${total}, columns = ${columns}::text::jsonb,
+              started_at = now(), updated_at = now(), finished_at = NULL
+             WHERE id = ${this.jobId} RETURNING pass`,
+      );
+      this.#pass = Number(n?.pass ?? 1);
+      this.#total = total;
+    });
+  }
+
+  /** Workers of this host whose process is gone: their chunks are taken over without waiting for the lease. */
+  async #deadWorkers(): Promise<string[]> {
+    const rows = await query<{ worker: string }>(
+      this.db,
+      sql`SELECT DISTINCT worker FROM byok.retrofit_chunks
+           WHERE job_id = ${this.jobId} AND state = 'running' AND lease_until >= now() AND worker IS NOT NULL`,
+    );
+    const host = hostname();
+    const dead: string[] = [];
+    for (const { worker } of rows) {
+      const m = /^(.*):(\d+):[0-9a-f]+$/.exec(worker);
+      if (m === null || m[1] !== host || Number(m[2]) === process.pid) continue;
+      try {
+        process.kill(Number(m[2]), 0);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ESRCH') dead.push(worker);
+      }
+    }
+    return dead;
+  }
+
+  #leaseSql(): SQL {
+    return sql`now() + ${this.leaseMs}::int * interval '1 millisecond'`;
+  }
+
+  async #claim(): Promise<Chunk | 'wait' | 'done'> {
+    const dead = await this.#deadWorkers();
+    return this.db.transaction(async (tx) => {
+      const deadSql =
+        dead.length === 0
+          ? sql``
+          : sql` OR worker IN (${sql.join(
+              dead.map((w) => sql`${w}`),
+              sql`, `,
+            )})`;
+      const [c] = await query<{ seq: number; lo: string | null; hi: string | null; last_key: string | null }>(
+        tx,
+        sql`SELECT seq, lo, hi, last_key FROM byok.retrofit_chunks
+             WHERE job_id = ${this.jobId} AND state = 'running' AND (lease_until IS NULL OR lease_until < now()${deadSql})
+             ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED`,
+      );
+      if (c !== undefined) {
+        await tx.execute(sql`UPDATE byok.retrofit_chunks SET worker = ${this.worker}, lease_until = ${this.#leaseSql()},
+          updated_at = now() WHERE job_id = ${this.jobId} AND seq = ${c.seq}`);
+        return { seq: Number(c.seq), lo: c.lo, hi: c.hi, lastKey: c.last_key };
+      }
+      const [job] = await query<{
+        next_key: string | null;
+        planned: boolean;
+        chunk_size: number;
+        state: string;
+      }>(
+        tx,
+        sql`SELECT next_key, planned, chunk_size, state FROM byok.retrofit_jobs WHERE id = ${this.jobId} FOR UPDATE`,
+      );
+      if (job === undefined || job.state !== 'running') {
+        if (job?.state === 'cancelled') {
+          throw new RetrofitBusyError(
+            `job ${this.jobId} was cancelled by the opposite operation on the same columns`,
+          );
+        }
+        return 'done';
+      }
+      if (job.planned) {
+        const [open] = await query<{ n: number }>(
+          tx,
+          sql`SELECT count(*)::int AS n FROM byok.retrofit_chunks WHERE job_id = ${this.jobId} AND state <> 'done'`,
+        );
+        return (open?.n ?? 0) > 0 ? 'wait' : 'done';
+      }
+      const lo = job.next_key;
+      const a = sql.raw('t');
+      const [b] = await query<{ k: string }>(
+        tx,
+        sql`SELECT t.${ident(this.t.key)}::text AS k FROM ${tableSql(this.t)} AS t
+             WHERE ${rangeSql(this.t, a, lo, null, this.tenants)}
+             ORDER BY t.${ident(this.t.key)} OFFSET ${Number(job.chunk_size) - 1} LIMIT 1`,
+      );
+      const hi = b?.k ?? null;
+      const [ins] = await query<{ seq: number }>(
+        tx,
+        sql`INSERT INTO byok.retrofit_chunks (job_id, seq, lo, hi, worker, lease_until)
+             SELECT ${this.jobId}, coalesce(max(seq), 0) + 1, ${lo}::text, ${hi}::text, ${this.worker}, ${this.#leaseSql()}
+               FROM byok.retrofit_chunks WHERE job_id = ${this.jobId}
+             RETURNING seq`,
+      );
+      await tx.execute(sql`UPDATE byok.retrofit_jobs SET next_key = ${hi}::text, planned = ${hi === null},
+        updated_at = now() WHERE id = ${this.jobId}`);
+      return { seq: Number(ins!.seq), lo, hi, lastKey: null };
+    });
+  }
+
+  /** Gives a chunk back at once (after an error or an abort): another run resumes it from its checkpoint. */
+  async #release(chunk: Chunk): Promise<void> {
+    await this.db.execute(sql`UPDATE byok.retrofit_chunks SET lease_until = now() - interval '1 second', updated_at = now()
+      WHERE job_id = ${this.jobId} AND seq = ${chunk.seq} AND worker = ${this.worker} AND state = 'running'`);
+  }
+
+  async #tryFinish(): Promise<boolean> {
+    const rows = await query(
+      this.db,
+      sql`UPDATE byok.retrofit_jobs SET state = 'done', finished_at = now(), updated_at = now()
+           WHERE id = ${this.jobId} AND state = 'running' AND planned
+             AND NOT EXISTS (SELECT 1 FROM byok.retrofit_chunks WHERE job_id = ${this.jobId} AND state <> 'done')
+           RETURNING id`,
+    );
+    if (rows.length > 0) return true;
+    const [j] = await query<{ state: string }>(
+      this.db,
+      sql`SELECT state FROM byok.retrofit_jobs WHERE id = ${this.jobId}`,
+    );
+    return j?.state === 'done';
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Batches
+
+  #selectFields(): SQL {
+    const parts: SQL[] = [
+      sql`t.${ident(this.t.key)}::text AS "k"`,
+      sql`t.${ident(this.t.tenant)}::text AS "t"`,
+    ];
+    this.t.columns.forEach((c, i) => {
+      parts.push(sql`t.${ident(c.target)} AS ${sql.identifier(`v${i}`)}`);
+      if (c.source !== undefined) {
+        const col = sql`t.${ident(c.source)}`;
+        const expr = c.sourceType?.startsWith('timestamp')
+          ? sql`to_json(${col}) #>> '{}'`
+          : sql`${col}::text`;
+        parts.push(sql`${expr} AS ${sql.identifier(`s${i}`)}`);
+      }
+    });
+    return sql.join(parts, sql`, `);
+  }
+
+  #readBatch(
+    lo: string | null,
+    hi: string | null,
+    limit: number,
+    db: AnyPgDatabase = this.db,
+  ): Promise<Row[]> {
+    return query<Row>(
+      db,
+      sql`SELECT ${this.#selectFields()} FROM ${tableSql(this.t)} AS t
+           WHERE ${rangeSql(this.t, sql.raw('t'), lo, hi, this.tenants)}
+           ORDER BY t.${ident(this.t.key)} LIMIT ${limit}`,
+    );
+  }
+
+  #lockRows(tx: AnyPgDatabase, keys: readonly string[]): Promise<Row[]> {
+    return query<Row>(
+      tx,
+      sql`SELECT ${this.#selectFields()} FROM ${tableSql(this.t)} AS t
+           WHERE ${keysIn(this.t, sql.raw('t'), keys)}
+           ORDER BY t.${ident(this.t.key)} FOR UPDATE OF t SKIP LOCKED`,
+    );
+  }
+
+  /** Processes a chunk from its checkpoint to its end. Returns true when the chunk is done. */
+  async #processChunk(chunk: Chunk): Promise<boolean> {
+    const signal = this.opts.signal;
+    let next: Promise<Row[]> | undefined;
+    for (;;) {
+      if (signal?.aborted) {
+        await this.#release(chunk);
+        return false;
+      }
+      const from = chunk.lastKey ?? chunk.lo;
+      const rows = await (next ?? this.#readBatch(from, chunk.hi, this.batchSize));
+      next = undefined;
+      const end = rows.length < this.batchSize;
+      const last = rows.length > 0 ? rows[rows.length - 1]!.k : from;
+      if (!end) {
+        // Read the next batch (without locks) while this one is rewritten, on another connection.
+        next = this.#readBatch(last, chunk.hi, this.batchSize);
+        next.catch(() => undefined);
+      }
+      await this.#processBatch(chunk, rows, last, end);
+      chunk.lastKey = last;
+      this.result.rowsSeen += rows.length;
+      this.#rateWindow.push({ at: performance.now(), rows: this.result.rowsSeen });
+      await this.#emitThrottled();
+      if (end) return true;
+      await this.#rateLimit();
+    }
+  }
+
+  async #rateLimit(): Promise<void> {
+    if (this.rate === undefined) return;
+    const due = (this.result.rowsSeen / this.rate) * 1000;
+    const elapsed = performance.now() - this.started;
+    if (due > elapsed) await sleep(due - elapsed, this.opts.signal);
+  }
+
+  /**
+   * One batch: classify the rows read without locks, load the keys they need (batched), then lock the
+   * rows that need a rewrite (`FOR UPDATE SKIP LOCKED`), re-read them, rewrite them from their
+   * current values and move the checkpoint, in one transaction. Rows held by other transactions are
+   * retried until `busyTimeoutMs`; the checkpoint passes the batch only once every row is handled.
+   */
+  async #processBatch(chunk: Chunk, rows: Row[], last: string | null, end: boolean): Promise<void> {
+    let keys = await this.#loadKeys(rows);
+    let pending: string[] = [];
+    for (const row of rows) {
+      const actions = this.#plan(row, keys);
+      if (actions.some((a) => a.kind !== 'count')) pending.push(row.k);
+      else this.#count(actions);
+    }
+    await this.opts.hooks?.beforeLock?.(pending);
+    const deadline = performance.now() + (this.opts.busyTimeoutMs ?? DEFAULTS.busyTimeoutMs);
+    let advanced = false;
+    let attempt = 0;
+    while (pending.length > 0) {
+      const wanted = new Set(pending);
+      const out = await this.db.transaction(async (tx) => {
+        const locked = await this.#lockRows(tx, pending);
+        const writes = new Map<string, Map<number, ColumnWrite>>();
+        const retry: string[] = [];
+        const counted: Action[][] = [];
+        for (const row of locked) {
+          wanted.delete(row.k);
+          const actions = this.#plan(row, keys);
+          if (actions.some((a) => a.kind === 'need-key')) {
+            retry.push(row.k);
+            continue;
+          }
+          const w = this.#rewrite(row, actions, keys);
+          counted.push(actions);
+          if (w.size > 0) writes.set(row.k, w);
+        }
+        const complete = wanted.size === 0 && retry.length === 0;
+        let values = 0;
+        for (const w of writes.values()) values += w.size;
+        const owned = await this.#write(
+          tx,
+          chunk,
+          writes,
+          values,
+          complete ? { last, rows: rows.length, end } : undefined,
+        );
+        if (!owned) throw new LeaseLost();
+        for (const a of counted) this.#count(a);
+        return { complete, retry, busy: [...wanted], written: [...writes.keys()] };
+      });
+      if (out.complete) advanced = true;
+      await this.opts.hooks?.afterCommit?.(out.written);
+      if (out.complete) break;
+      // Rows not locked: held by another transaction, or deleted since they were read.
+      let busy = out.busy;
+      if (busy.length > 0) {
+        const exist = await query<{ k: string }>(
+          this.db,
+          sql`SELECT t.${ident(this.t.key)}::text AS k FROM ${tableSql(this.t)} AS t WHERE ${keysIn(this.t, sql.raw('t'), busy)}`,
+        );
+        const still = new Set(exist.map((r) => r.k));
+        busy = busy.filter((k) => still.has(k));
+        this.result.busyRetries += busy.length;
+      }
+      if (out.retry.length > 0) {
+        const again = await this.#readKeys(out.retry);
+        keys = await this.#loadKeys(again, keys);
+      }
+      pending = [...busy, ...out.retry];
+      if (pending.length === 0) break;
+      if (performance.now() > deadline) {
+        throw new RetrofitBusyError(
+          `${pending.length} row(s) of ${this.t.qualified} stayed locked by other transactions for more than ` +
+            `${this.opts.busyTimeoutMs ?? DEFAULTS.busyTimeoutMs} ms; the checkpoint is kept: run again to resume`,
+        );
+      }
+      await sleep(Math.min(1000, 10 * 2 ** attempt++), this.opts.signal);
+      if (this.opts.signal?.aborted) {
+        await this.#release(chunk);
+        throw new LeaseLost();
+      }
+    }
+    if (!advanced) {
+      const owned = await this.#checkpoint(this.db, chunk, 0, { last, rows: rows.length, end });
+      if (!owned) throw new LeaseLost();
+    }
+  }
+
+  #readKeys(keys: readonly string[]): Promise<Row[]> {
+    return query<Row>(
+      this.db,
+      sql`SELECT ${this.#selectFields()} FROM ${tableSql(this.t)} AS t WHERE ${keysIn(this.t, sql.raw('t'), keys)}`,
+    );
+  }
+
+  /**
+   * Loads, in two batched calls to the keyring (one `getActiveDek` batch for the tenants, one `getDek`
+   * batch for older data key versions), the keys `rows` need.
+   */
+  async #loadKeys(rows: readonly Row[], prev?: BatchKeys): Promise<BatchKeys> {
+    const keys: BatchKeys = prev ?? {
+      active: new Map(),
+      old: new Map(),
+      failedTenants: new Set(),
+      deadDeks: new Set(),
+    };
+    const tenants = new Set<string>();
+    const envelopes: { tenant: string; dekId: string }[] = [];
+    for (const row of rows) {
+      if (row.t === null) continue;
+      this.t.columns.forEach((c, i) => {
+        const s = classify(c.state, row[`v${i}`]);
+        if (s.kind === 'envelope') envelopes.push({ tenant: row.t!, dekId: s.dekId });
+        if (
+          this.op === 'encrypt' &&
+          (s.kind !== 'null' || (c.source !== undefined && row[`s${i}`] != null))
+        ) {
+          tenants.add(row.t!);
+        }
+      });
+    }
+    if (this.op === 'encrypt') {
+      const wanted = [...tenants].filter((x) => !keys.failedTenants.has(x));
+      for (const x of wanted) if (keys.active.get(x)?.evicted) keys.active.delete(x);
+      const missing = wanted.filter((x) => !keys.active.has(x));
+      const loaded = await Promise.allSettled(missing.map((x) => this.keyring.getActiveDek(x)));
+      loaded.forEach((r, i) => {
+        const tenantId = missing[i]!;
+        if (r.status === 'fulfilled') keys.active.set(tenantId, r.value);
+        else this.#tenantError(tenantId, r.reason, keys);
+      });
+    }
+    const ids = new Set<string>();
+    for (const e of envelopes) {
+      const active = keys.active.get(e.tenant);
+      if (this.op === 'encrypt' && (active === undefined || active.id === e.dekId || !this.reencrypt))
+        continue;
+      const have = keys.old.get(e.dekId);
+      if ((have === undefined || have.evicted) && !keys.deadDeks.has(e.dekId)) ids.add(e.dekId);
+    }
+    const list = [...ids];
+    const loaded = await Promise.allSettled(list.map((id) => this.keyring.getDek(id)));
+    loaded.forEach((r, i) => {
+      const id = list[i]!;
+      if (r.status === 'fulfilled') keys.old.set(id, r.value);
+      else if (isByokError(r.reason) && TRANSIENT.has(r.reason.code)) throw r.reason;
+      else keys.deadDeks.add(id);
+    });
+    return keys;
+  }
+
+  #tenantError(tenantId: string, reason: unknown, keys: BatchKeys): void {
+    const e = reason instanceof Error ? reason : new ByokError('unexpected failure');
+    if (!this.opts.skipTenantErrors || (isByokError(e) && TRANSIENT.has(e.code)) || !isByokError(e)) throw e;
+    keys.failedTenants.add(tenantId);
+    if (!this.result.tenantErrors.some((x) => x.tenantId === tenantId)) {
+      this.result.tenantErrors.push({ tenantId, code: e.code, message: e.message });
+    }
+  }
+
+  /** What to do with each column of a row, given the loaded keys. */
+  #plan(row: Row, keys: BatchKeys): Action[] {
+    return this.t.columns.map((c, i) => {
+      const stored = classify(c.state, row[`v${i}`]);
+      const source = c.source === undefined ? undefined : (row[`s${i}`] as string | null);
+      return this.op === 'encrypt'
+        ? this.#planEncrypt(c, stored, source, row.t, keys)
+        : this.#planDecrypt(c, stored, row.t, keys);
+    });
+  }
+
+  #planEncrypt(
+    c: ResolvedColumn,
+    stored: Stored,
+    source: string | null | undefined,
+    tenant: string | null,
+    keys: BatchKeys,
+  ): Action {
+    if (stored.kind === 'null') {
+      if (c.kind === 'in-place' || source === null || source === undefined) return COUNT('nulls');
+    } else if (stored.kind === 'malformed') return COUNT('unreadable');
+    else if (stored.kind === 'plain' && c.kind === 'shadow') return COUNT('unreadable');
+    if (tenant === null) return COUNT('noTenant');
+    if (keys.failedTenants.has(tenant)) return COUNT('tenantSkipped');
+    const active = keys.active.get(tenant);
+    if (active === undefined || active.evicted) return NEED_KEY;
+    if (stored.kind !== 'envelope') return WORK;
+    if (stored.dekId === active.id) return COUNT('alreadyDone');
+    if (!this.reencrypt) return COUNT('stale');
+    if (keys.deadDeks.has(stored.dekId)) return COUNT('unreadable');
+    const old = keys.old.get(stored.dekId);
+    if (old === undefined || old.evicted) return NEED_KEY;
+    if (old.tenantId !== tenant) return COUNT('unreadable');
+    if (old.version > active.version) {
+      // Written under a newer key than the one this process knows as active: ours is outdated.
+      this.keyring.cache.deactivate(tenant);
+      keys.active.delete(tenant);
+      return COUNT('alreadyDone');
+    }
+    return WORK;
+  }
+
+  #planDecrypt(c: ResolvedColumn, stored: Stored, tenant: string | null, keys: BatchKeys): Action {
+    if (stored.kind === 'null') return c.kind === 'shadow' ? COUNT('alreadyDone') : COUNT('nulls');
+    if (stored.kind === 'malformed') return COUNT('unreadable');
+    if (stored.kind === 'plain') return c.kind === 'shadow' ? COUNT('unreadable') : COUNT('alreadyDone');
+    if (tenant === null) return COUNT('noTenant');
+    if (keys.deadDeks.has(stored.dekId)) return COUNT('unreadable');
+    const old = keys.old.get(stored.dekId);
+    if (old === undefined || old.evicted) return NEED_KEY;
+    if (old.tenantId !== tenant) return COUNT('unreadable');
+    return WORK;
+  }
+
+  /**
+   * Computes the new values of a locked row's columns marked `work`. A value that turns out not to
+   * be rewritable (bad plaintext, ciphertext that fails to decrypt) is counted and left as it is.
+   */
+  #rewrite(row: Row, actions: Action[], keys: BatchKeys): Map<number, ColumnWrite> {
+    const out = new Map<number, ColumnWrite>();
+    actions.forEach((a, i) => {
+      if (a.kind !== 'work') return;
+      const c = this.t.columns[i]!;
+      const stored = classify(c.state, row[`v${i}`]);
+      const kr = this.keyring;
+      if (this.op === 'encrypt') {
+        const active = keys.active.get(row.t!)!;
+        let plaintext: Uint8Array;
+        if (stored.kind === 'envelope') {
+          try {
+            const old = keys.old.get(stored.dekId)!;
+            plaintext = open(kr.fieldKey(old, c.state.context), stored.env);
+          } catch {
+            actions[i] = COUNT('unreadable');
+            return;
+          }
+          actions[i] = COUNT('reencrypted');
+        } else {
+          try {
+            const value =
+              c.kind === 'in-place'
+                ? inPlacePlainValue(c.state, row[`v${i}`])
+                : sourceValue(c.state, row[`s${i}`] as string);
+            plaintext = c.state.codec.encode(value);
+          } catch {
+            actions[i] = COUNT('invalid');
+            return;
+          }
+          actions[i] = COUNT('written');
+        }
+        out.set(i, { target: sealFor(kr, c.state, active, plaintext) });
+        return;
+      }
+      if (stored.kind !== 'envelope') return;
+      let value: unknown;
+      try {
+        value = openFor(kr, c.state, keys.old.get(stored.dekId)!, stored.env);
+      } catch {
+        actions[i] = COUNT('unreadable');
+        return;
+      }
+      actions[i] = COUNT('written');
+      out.set(
+        i,
+        c.kind === 'in-place'
+          ? { target: inPlaceStoredPlain(c.state, value) }
+          : { source: sourceText(c.state, value) },
+      );
+    });
+    return out;
+  }
+
+  #count(actions: readonly Action[]): void {
+    for (const a of actions) {
+      if (a.kind !== 'count') continue;
+      if (a.counter === 'reencrypted') {
+        this.result.reencrypted++;
+        this.result.written++;
+      } else this.result[a.counter]++;
+    }
+  }
+
+  /** UPDATE of the rewritten rows and the chunk checkpoint, in one statement. Returns false when the lease was lost. */
+  async #write(
+    tx: AnyPgDatabase,
+    chunk: Chunk,
+    writes: Map<string, Map<number, ColumnWrite>>,
+    values: number,
+    advance: { last: string | null; rows: number; end: boolean } | undefined,
+  ): Promise<boolean> {
+    if (writes.size === 0) return this.#checkpoint(tx, chunk, 0, advance);
+    const used = new Map<number, 'target' | 'source'>();
+    for (const w of writes.values())
+      for (const [i, cw] of w) used.set(i, cw.source !== undefined ? 'source' : 'target');
+    const cols = [...used.keys()].sort((a, b) => a - b);
+    // The new values travel as one JSON text parameter (bytea as base64): ciphertext only when encrypting.
+    const records = [...writes].map(([k, w]) => {
+      const r: Record<string, string | null> = { k };
+      for (const i of cols) {
+        const cw = w.get(i);
+        const v = cw === undefined ? undefined : (cw.source ?? cw.target);
+        r[`c${i}`] = v === undefined ? null : typeof v === 'string' ? v : v.toString('base64');
+      }
+      return r;
+    });
+    const defs = [sql`k text`, ...cols.map((i) => sql`${sql.identifier(`c${i}`)} text`)];
+    const sets: SQL[] = [];
+    for (const i of cols) {
+      const c = this.t.columns[i]!;
+      const v = sql`v.${sql.identifier(`c${i}`)}`;
+      if (used.get(i) === 'source') {
+        sets.push(
+          sql`${ident(c.source!)} = COALESCE(${v}::${sql.raw(c.sourceType!)}, t.${ident(c.source!)})`,
+        );
+        sets.push(sql`${ident(c.target)} = CASE WHEN ${v} IS NULL THEN t.${ident(c.target)} ELSE NULL END`);
+      } else if (c.state.storage === 'text') {
+        sets.push(sql`${ident(c.target)} = COALESCE(${v}, t.${ident(c.target)})`);
+      } else {
+        sets.push(sql`${ident(c.target)} = COALESCE(decode(${v}, 'base64'), t.${ident(c.target)})`);
+      }
+    }
+    const [r] = await query<{ owned: number }>(
+      tx,
+      sql`WITH u AS (
+            UPDATE ${tableSql(this.t)} AS t SET ${sql.join(sets, sql`, `)}
+              FROM json_to_recordset(${JSON.stringify(records)}::text::json) AS v(${sql.join(defs, sql`, `)})
+             WHERE t.${ident(this.t.key)} = v.k::${sql.raw(this.t.keyType)}
+            RETURNING 1
+          ), c AS (${this.#checkpointSql(chunk, values, advance)})
+          SELECT (SELECT count(*) FROM c)::int AS owned, (SELECT count(*) FROM u)::int AS updated`,
+    );
+    return (r?.owned ?? 0) > 0;
+  }
+
+  #checkpointSql(
+    chunk: Chunk,
+    values: number,
+    advance: { last: string | null; rows: number; end: boolean } | undefined,
+  ): SQL {
+    const more =
+      advance === undefined
+        ? sql``
+        : sql`, last_key = ${advance.last}::text, rows_seen = rows_seen + ${advance.rows}::int,
+              state = ${advance.end ? 'done' : 'running'}::text`;
+    return sql`UPDATE byok.retrofit_chunks SET values_written = values_written + ${values}::int,
+                 lease_until = ${this.#leaseSql()}, updated_at = now()${more}
+               WHERE job_id = ${this.jobId} AND seq = ${chunk.seq} AND worker = ${this.worker} AND state = 'running'
+               RETURNING 1`;
+  }
+
+  async #checkpoint(
+    db: AnyPgDatabase,
+    chunk: Chunk,
+    values: number,
+    advance: { last: string | null; rows: number; end: boolean } | undefined,
+  ): Promise<boolean> {
+    const rows = await query(db, this.#checkpointSql(chunk, values, advance));
+    return rows.length > 0;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Progress
+
+  async #emitThrottled(): Promise<void> {
+    if (this.opts.onProgress === undefined) return;
+    const now = performance.now();
+    if (now - this.#globalAt > 1000) {
+      const [r] = await query<{ done: unknown }>(
+        this.db,
+        sql`SELECT coalesce(sum(rows_seen), 0)::float8 AS done FROM byok.retrofit_chunks WHERE job_id = ${this.jobId}`,
+      );
+      this.#globalDone = Number(r?.done ?? 0);
+      this.#globalAt = now;
+      this.#globalLocalAt = this.result.rowsSeen;
+    }
+    this.#emit(false);
+  }
+
+  #emit(final: boolean): void {
+    const cb = this.opts.onProgress;
+    if (cb === undefined) return;
+    const now = performance.now();
+    const w = this.#rateWindow;
+    while (w.length > 2 && now - w[0]!.at > 5000) w.shift();
+    const first = w[0];
+    const lastW = w[w.length - 1];
+    const rate =
+      first !== undefined && lastW !== undefined && lastW.at > first.at
+        ? ((lastW.rows - first.rows) * 1000) / (lastW.at - first.at)
+        : first !== undefined
+          ? (first.rows * 1000) / Math.max(1, first.at - this.started)
+          : 0;
+    const done =
+      final && this.result.jobDone
+        ? Math.max(this.#total, this.#globalDone)
+        : this.#globalDone + (this.result.rowsSeen - this.#globalLocalAt);
+    const total = Math.max(this.#total, done);
+    try {
+      cb({
+        operation: this.op,
+        job: this.jobId,
+        table: this.t.qualified,
+        rowsDone: done,
+        rowsTotal: total,
+        valuesWritten: this.result.written,
+        rowsPerSecond: rate,
+        etaSeconds: rate > 0 ? Math.max(0, (total - done) / rate) : null,
+        elapsedMs: now - this.started,
+      });
+    } catch {
+      // a progress listener must not stop the backfill
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Dry run: the same classification, no writes
+
+  async #dryRun(): Promise<BackfillResult> {
+    this.#total = await this.#countRows();
+    let from: string | null = null;
+    for (;;) {
+      if (this.opts.signal?.aborted) {
+        this.result.aborted = true;
+        break;
+      }
+      const rows = await this.#readBatch(from, null, this.batchSize);
+      const keys = await this.#loadKeysForDryRun(rows);
+      for (const row of rows) {
+        const actions = this.#plan(row, keys);
+        this.#rewrite(row, actions, keys);
+        this.#count(actions.map((a) => (a.kind === 'need-key' ? COUNT('unreadable') : a)));
+      }
+      this.result.rowsSeen += rows.length;
+      this.#globalDone = this.result.rowsSeen;
+      this.#globalLocalAt = this.result.rowsSeen;
+      this.#rateWindow.push({ at: performance.now(), rows: this.result.rowsSeen });
+      this.#emit(false);
+      if (rows.length < this.batchSize) break;
+      from = rows[rows.length - 1]!.k;
+    }
+    this.result.jobDone = false;
+    return this.#finish();
+  }
+
+  /** Dry run: never creates a data key; a tenant without one counts its plaintext as to be written. */
+  async #loadKeysForDryRun(rows: readonly Row[]): Promise<BatchKeys> {
+    if (this.op === 'decrypt') return this.#loadKeys(rows);
+    const tenants = [...new Set(rows.map((r) => r.t).filter((x): x is string => x !== null))];
+    const active = await activeDeks(this.db, this.keyring, tenants);
+    const keys: BatchKeys = {
+      active: new Map(),
+      old: new Map(),
+      failedTenants: new Set(),
+      deadDeks: new Set(),
+    };
+    for (const tenant of tenants) {
+      const id = active.get(tenant);
+      keys.active.set(tenant, id === undefined ? placeholderEntry(tenant) : await this.keyring.getDek(id));
+    }
+    return this.#loadKeys(rows, keys);
+  }
+}
+
+/** Active data key ids of tenants, read from the key store (never creates one). */
+export async function activeDeks(
+  db: AnyPgDatabase,
+  _keyring: Keyring,
+  tenants: readonly string[],
+): Promise<Map<string, string>> {
+  if (tenants.length === 0) return new Map();
+  const rows = await query<{ tenant_id: string; id: string }>(
+    db,
+    sql`SELECT tenant_id, id::text AS id FROM byok.deks WHERE state = 'active' AND tenant_id IN (${sql.join(
+      tenants.map((x) => sql`${x}::text`),
+      sql`, `,
+    )})`,
+  );
+  return new Map(rows.map((r) => [r.tenant_id, r.id]));
+}
+
+/** A stand-in active key for a tenant that has none yet (dry run): encrypts with a throwaway key. */
+function placeholderEntry(tenantId: string): DekEntry {
+  const now = Date.now();
+  return {
+    id: '00000000-0000-0000-0000-000000000000',
+    idBytes: Buffer.alloc(16),
+    tenantId,
+    version: 0,
+    expiresAt: now + 60_000,
+    raw: randomBytes(32),
+    fieldKeys: new Map(),
+    derived: new Map(),
+    derivedObjects: new Map(),
+    lastUsed: now,
+    evicted: false,
+  };
+}
