@@ -1,6 +1,15 @@
 import { eq, inArray, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ByokEvent, ByokConfigError, createKeyring, localKek, NoTenantError, withAnyTenant, withEncryption, withTenant } from '../src/index.ts';
+import {
+  type ByokEvent,
+  ByokConfigError,
+  createKeyring,
+  localKek,
+  NoTenantError,
+  withAnyTenant,
+  withEncryption,
+  withTenant,
+} from '../src/index.ts';
 import { MAIN_DRIVER, openDb, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
 
@@ -12,7 +21,13 @@ describe('data key cache and batched unwrap (call counts through a counting KEK)
   beforeAll(async () => {
     e = await setupEncryptedDb(MAIN_DRIVER, { keyring: { onEvent: (ev) => events.push(ev) } });
     await withAnyTenant(() =>
-      e.db.insert(e.s.patients).values(tenants.flatMap((t, i) => [0, 1, 2].map((k) => ({ tenantId: t, seq: i * 10 + k, name: `${t}/${k}` })))),
+      e.db
+        .insert(e.s.patients)
+        .values(
+          tenants.flatMap((t, i) =>
+            [0, 1, 2].map((k) => ({ tenantId: t, seq: i * 10 + k, name: `${t}/${k}` })),
+          ),
+        ),
     );
   });
   afterAll(async () => {
@@ -20,7 +35,12 @@ describe('data key cache and batched unwrap (call counts through a counting KEK)
   });
 
   const selectAll = () =>
-    withAnyTenant(() => e.db.select({ t: e.s.patients.tenantId, n: e.s.patients.name }).from(e.s.patients).where(inArray(e.s.patients.tenantId, tenants)));
+    withAnyTenant(() =>
+      e.db
+        .select({ t: e.s.patients.tenantId, n: e.s.patients.name })
+        .from(e.s.patients)
+        .where(inArray(e.s.patients.tenantId, tenants)),
+    );
 
   it('creates exactly one data key per new tenant for a 150-row multi-tenant insert', () => {
     expect(e.kek.calls.wrap).toBe(50);
@@ -54,7 +74,11 @@ describe('data key cache and batched unwrap (call counts through a counting KEK)
     e.kek.reset();
     const t = tenants[7]!;
     const results = await Promise.all(
-      Array.from({ length: 100 }, () => withTenant(t, () => e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)))),
+      Array.from({ length: 100 }, () =>
+        withTenant(t, () =>
+          e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)),
+        ),
+      ),
     );
     for (const r of results) expect(r.map((x) => x.n).sort()).toEqual([`${t}/0`, `${t}/1`, `${t}/2`]);
     expect(e.kek.calls.unwrap).toBe(1);
@@ -64,7 +88,10 @@ describe('data key cache and batched unwrap (call counts through a counting KEK)
     e.keyring.cache.clear();
     e.kek.reset();
     const t = tenants[3]!;
-    const read = () => withTenant(t, () => e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)));
+    const read = () =>
+      withTenant(t, () =>
+        e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)),
+      );
     const first = read();
     await new Promise((r) => setImmediate(r));
     const second = read();
@@ -77,9 +104,13 @@ describe('data key cache and batched unwrap (call counts through a counting KEK)
     e.keyring.cache.clear();
     const inner = e.kek.unwrap;
     let fail = true;
-    (e.kek as { unwrap: typeof inner }).unwrap = (w, c) => (fail ? Promise.reject(new Error('KMS down')) : inner(w, c));
+    (e.kek as { unwrap: typeof inner }).unwrap = (w, c) =>
+      fail ? Promise.reject(new Error('KMS down')) : inner(w, c);
     try {
-      const read = () => withTenant(t, () => e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)));
+      const read = () =>
+        withTenant(t, () =>
+          e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)),
+        );
       await expect(read()).rejects.toThrow('KMS down');
       fail = false;
       expect(await read()).toHaveLength(3);
@@ -99,7 +130,10 @@ describe('cache expiry and bounds', () => {
   afterAll(async () => {
     await e?.close();
   });
-  const read = (t = T) => withTenant(t, () => e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)));
+  const read = (t = T) =>
+    withTenant(t, () =>
+      e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)),
+    );
 
   it('an expired TTL unwraps again; a fresh entry does not', async () => {
     e.kek.reset();
@@ -123,9 +157,15 @@ describe('cache expiry and bounds', () => {
   });
 
   it('refuses a cache without a max age, or with nonsense bounds', () => {
-    expect(() => createKeyring({ db: e.db, platformKek: e.kek, cache: { maxAgeMs: 0 } })).toThrow(/max age is required/);
-    expect(() => createKeyring({ db: e.db, platformKek: e.kek, cache: { maxAgeMs: Number.POSITIVE_INFINITY } })).toThrow(TypeError);
-    expect(() => createKeyring({ db: e.db, platformKek: e.kek, cache: { maxEntries: -1 } })).toThrow(/maxEntries/);
+    expect(() => createKeyring({ db: e.db, platformKek: e.kek, cache: { maxAgeMs: 0 } })).toThrow(
+      /max age is required/,
+    );
+    expect(() =>
+      createKeyring({ db: e.db, platformKek: e.kek, cache: { maxAgeMs: Number.POSITIVE_INFINITY } }),
+    ).toThrow(TypeError);
+    expect(() => createKeyring({ db: e.db, platformKek: e.kek, cache: { maxEntries: -1 } })).toThrow(
+      /maxEntries/,
+    );
   });
 });
 
@@ -136,14 +176,18 @@ describe('configuration errors name what to fix', () => {
       const kek = localKek({ key: Buffer.alloc(32, 7).map((b, i) => b + i) });
       expect(() => createKeyring({ db: {} as never, platformKek: kek })).toThrow(/`db` must be a Drizzle/);
       expect(() => createKeyring({ db: tdb.db, platformKek: {} as never })).toThrow(/platformKek/);
-      expect(() => createKeyring({ db: tdb.db, platformKek: kek, unwrapConcurrency: 0 })).toThrow(/unwrapConcurrency/);
+      expect(() => createKeyring({ db: tdb.db, platformKek: kek, unwrapConcurrency: 0 })).toThrow(
+        /unwrapConcurrency/,
+      );
       const keyring = createKeyring({ db: tdb.db, platformKek: kek });
       expect(() => withEncryption({} as never, keyring)).toThrow(ByokConfigError);
       expect(() => withEncryption(tdb.db, {} as never)).toThrow(/createKeyring/);
       expect(() => withEncryption(tdb.db, keyring, { tenantColumn: '' })).toThrow(/tenantColumn/);
       withEncryption(tdb.db, keyring);
       expect(withEncryption(tdb.db, keyring)).toBe(tdb.db);
-      expect(() => withEncryption(tdb.db, createKeyring({ db: tdb.db, platformKek: kek }))).toThrow(/another keyring/);
+      expect(() => withEncryption(tdb.db, createKeyring({ db: tdb.db, platformKek: kek }))).toThrow(
+        /another keyring/,
+      );
       expect(() => withTenant('', () => 1)).toThrow(/non-empty/);
       expect(() => withTenant('a\u0000b', () => 1)).toThrow(/control characters/);
       expect(() => withTenant('x'.repeat(256), () => 1)).toThrow(/longer than 255/);
@@ -155,14 +199,26 @@ describe('configuration errors name what to fix', () => {
   it('without a tenant column, an insert needs a tenant scope', async () => {
     const e = await setupEncryptedDb(MAIN_DRIVER);
     try {
-      const tdb = await openDb(MAIN_DRIVER, e.s.relational, MAIN_DRIVER === 'pglite' ? (e.db as unknown as { $client: never }).$client : undefined);
+      const tdb = await openDb(
+        MAIN_DRIVER,
+        e.s.relational,
+        MAIN_DRIVER === 'pglite' ? (e.db as unknown as { $client: never }).$client : undefined,
+      );
       const keyring = createKeyring({ db: tdb.db, platformKek: e.kek });
       withEncryption(tdb.db, keyring);
-      await expect(tdb.db.insert(e.s.patients).values({ tenantId: 'x', name: 'n' })).rejects.toBeInstanceOf(NoTenantError);
-      await expect(withAnyTenant(() => tdb.db.insert(e.s.patients).values({ tenantId: 'x', name: 'n' }))).rejects.toBeInstanceOf(NoTenantError);
+      await expect(tdb.db.insert(e.s.patients).values({ tenantId: 'x', name: 'n' })).rejects.toBeInstanceOf(
+        NoTenantError,
+      );
+      await expect(
+        withAnyTenant(() => tdb.db.insert(e.s.patients).values({ tenantId: 'x', name: 'n' })),
+      ).rejects.toBeInstanceOf(NoTenantError);
       const t = uniqueTenant();
       await withTenant(t, () => tdb.db.insert(e.s.patients).values({ tenantId: t, name: 'scoped' }));
-      expect(await withTenant(t, () => tdb.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)))).toEqual([{ n: 'scoped' }]);
+      expect(
+        await withTenant(t, () =>
+          tdb.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, t)),
+        ),
+      ).toEqual([{ n: 'scoped' }]);
       await tdb.close();
     } finally {
       await e.close();
@@ -172,8 +228,14 @@ describe('configuration errors name what to fix', () => {
   it('key store install is idempotent and safe to run concurrently', async () => {
     const e = await setupEncryptedDb(MAIN_DRIVER, { createTables: false });
     try {
-      await Promise.all([e.keyring.installKeyStore(), e.keyring.installKeyStore(), e.keyring.installKeyStore()]);
-      const r = await e.tdb.raw<{ n: number }>(`select count(*)::int as n from information_schema.tables where table_schema = 'byok'`);
+      await Promise.all([
+        e.keyring.installKeyStore(),
+        e.keyring.installKeyStore(),
+        e.keyring.installKeyStore(),
+      ]);
+      const r = await e.tdb.raw<{ n: number }>(
+        `select count(*)::int as n from information_schema.tables where table_schema = 'byok'`,
+      );
       expect(r[0]!.n).toBe(5);
       await e.db.execute(sql`select 1`);
     } finally {

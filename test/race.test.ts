@@ -13,13 +13,18 @@ const worker = fileURLToPath(new URL('./fixtures/race-worker.ts', import.meta.ur
 
 function runWorker(env: Record<string, string>): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [worker], { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'pipe'] });
+    const child = spawn(process.execPath, [worker], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'inherit', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (d) => {
       stderr += d;
     });
     child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`worker exited ${code}: ${stderr}`))));
+    child.on('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`worker exited ${code}: ${stderr}`)),
+    );
   });
 }
 
@@ -44,11 +49,20 @@ describe(`first writes of 20 new tenants raced by two ${DATABASE_URL ? 'processe
 
   it('ends with exactly one active data key per tenant, and every row readable', async () => {
     if (DATABASE_URL) {
-      const env = { DATABASE_URL, SCHEMA: s.name, TENANTS: JSON.stringify(tenants), PLATFORM_KEY: platformKey, START_AT: String(Date.now() + 1500) };
+      const env = {
+        DATABASE_URL,
+        SCHEMA: s.name,
+        TENANTS: JSON.stringify(tenants),
+        PLATFORM_KEY: platformKey,
+        START_AT: String(Date.now() + 1500),
+      };
       await Promise.all([runWorker({ ...env, LABEL: 'p1' }), runWorker({ ...env, LABEL: 'p2' })]);
     } else {
       const [a, b] = [await openDb('pglite', undefined, pglite), await openDb('pglite', undefined, pglite)];
-      await Promise.all([writeFirstRows(a.db, s.name, tenants, platformKey, 'p1'), writeFirstRows(b.db, s.name, tenants, platformKey, 'p2')]);
+      await Promise.all([
+        writeFirstRows(a.db, s.name, tenants, platformKey, 'p1'),
+        writeFirstRows(b.db, s.name, tenants, platformKey, 'p2'),
+      ]);
     }
     const active = await tdb.raw<{ tenant_id: string; n: number; versions: number }>(
       `select tenant_id, count(*) filter (where state = 'active')::int as n, count(*)::int as versions
@@ -56,13 +70,17 @@ describe(`first writes of 20 new tenants raced by two ${DATABASE_URL ? 'processe
       [tenants],
     );
     expect(active).toHaveLength(20);
-    for (const r of active) expect({ t: r.tenant_id, n: r.n, versions: r.versions }).toEqual({ t: r.tenant_id, n: 1, versions: 1 });
+    for (const r of active)
+      expect({ t: r.tenant_id, n: r.n, versions: r.versions }).toEqual({ t: r.tenant_id, n: 1, versions: 1 });
 
     const reader = await openDb(DATABASE_URL ? 'postgres-js' : 'pglite', undefined, pglite);
     const keyring = createKeyring({ db: reader.db, platformKek: localKek({ key: platformKey }) });
     withEncryption(reader.db, keyring);
     const rows = await withAnyTenant(() =>
-      reader.db.select({ t: s.patients.tenantId, n: s.patients.name, m: s.patients.email }).from(s.patients).where(inArray(s.patients.tenantId, tenants)),
+      reader.db
+        .select({ t: s.patients.tenantId, n: s.patients.name, m: s.patients.email })
+        .from(s.patients)
+        .where(inArray(s.patients.tenantId, tenants)),
     );
     expect(rows).toHaveLength(40);
     for (const r of rows) {

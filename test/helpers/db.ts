@@ -20,14 +20,12 @@ export const MAIN_DRIVER: DriverName = DATABASE_URL ? 'postgres-js' : 'pglite';
 
 export interface TestDb {
   readonly driver: DriverName;
-  // biome-ignore lint/suspicious/noExplicitAny: drizzle instance for a schema chosen by the test
   readonly db: AnyPgDatabase & { query: any };
   /** Raw SQL through the driver, bypassing Drizzle: what the database really holds. */
   raw<T = Record<string, unknown>>(text: string, params?: unknown[]): Promise<T[]>;
   close(): Promise<void>;
 }
 
-// biome-ignore lint/suspicious/noExplicitAny: relational schema of the test
 export async function openDb(
   driver: DriverName,
   schema?: Record<string, any>,
