@@ -96,20 +96,7 @@ export class DekCache {
 
   /** An entry that is not cached (used once, e.g. inside a transaction on a single-connection database). */
   uncached(id: string, idBytes: Buffer, tenantId: string, version: number, raw: Buffer): DekEntry {
-    const now = Date.now();
-    return {
-      id,
-      idBytes,
-      tenantId,
-      version,
-      expiresAt: now,
-      raw,
-      fieldKeys: new Map(),
-      derived: new Map(),
-      derivedObjects: new Map(),
-      lastUsed: now,
-      evicted: false,
-    };
+    return newEntry(id, idBytes, tenantId, version, raw, 0);
   }
 
   /** Adds an unwrapped DEK (takes ownership of `raw`: it is zeroed on eviction). */
@@ -123,20 +110,7 @@ export class DekCache {
   ): DekEntry {
     const existing = this.#byId.get(id);
     if (existing !== undefined) this.#evict(existing);
-    const now = Date.now();
-    const entry: DekEntry = {
-      id,
-      idBytes,
-      tenantId,
-      version,
-      expiresAt: now + this.maxAgeMs,
-      raw,
-      fieldKeys: new Map(),
-      derived: new Map(),
-      derivedObjects: new Map(),
-      lastUsed: now,
-      evicted: false,
-    };
+    const entry = newEntry(id, idBytes, tenantId, version, raw, this.maxAgeMs);
     if (this.#byId.size >= this.maxEntries) this.#evictLeastRecentlyUsed();
     this.#byId.set(id, entry);
     const prefix = idBytes.readUIntBE(0, 6);
@@ -188,4 +162,28 @@ export class DekCache {
       e.derivedObjects.clear();
     }
   }
+}
+
+function newEntry(
+  id: string,
+  idBytes: Buffer,
+  tenantId: string,
+  version: number,
+  raw: Buffer,
+  maxAgeMs: number,
+): DekEntry {
+  const now = Date.now();
+  return {
+    id,
+    idBytes,
+    tenantId,
+    version,
+    expiresAt: now + maxAgeMs,
+    raw,
+    fieldKeys: new Map(),
+    derived: new Map(),
+    derivedObjects: new Map(),
+    lastUsed: now,
+    evicted: false,
+  };
 }

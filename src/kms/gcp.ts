@@ -34,6 +34,7 @@ import {
   KmsThrottledError,
   KmsUnavailableError,
 } from '../errors.ts';
+import { crc32c } from '../crypto/crc32c.ts';
 import type { Kek, KekConfig, KekFactory, KeyDescription, WrapContext } from './kek.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -188,24 +189,12 @@ const MAX_WRAPPED_BYTES = 64 * 1024;
 const CLOUD_PLATFORM_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
 
 // ---------------------------------------------------------------------------------------------
-// CRC32C (Castagnoli), table-driven
+// CRC32C (Castagnoli)
 // ---------------------------------------------------------------------------------------------
-
-const CRC32C_TABLE = (() => {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return table;
-})();
 
 /** CRC32C (Castagnoli) of `data`, as Cloud KMS computes its `*_crc32c` fields. */
 export function gcpCrc32c(data: Uint8Array): number {
-  let c = 0xffffffff;
-  for (let i = 0; i < data.length; i++) c = CRC32C_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
+  return crc32c(data);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@
  *
  * Binds to 127.0.0.1 only. Not for production use.
  */
+import { crc32c } from '../crypto/crc32c.ts';
 import { createCipheriv, createDecipheriv, createPublicKey, generateKeyPair, randomBytes } from 'node:crypto';
 import { createSign, createVerify, type KeyObject } from 'node:crypto';
 import { createRequire } from 'node:module';
@@ -364,25 +365,10 @@ export interface GcpKmsServer {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CRC32C (Castagnoli), table-driven
+// CRC32C (Castagnoli): shared with the Cloud KMS provider
 // ---------------------------------------------------------------------------------------------
 
-const CRC32C_TABLE = (() => {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return table;
-})();
-
-/** CRC32C of `data` (RFC 3720 test vector: `crc32c("123456789") === 0xe3069283`). */
-export function crc32c(data: Uint8Array): number {
-  let c = 0xffffffff;
-  for (let i = 0; i < data.length; i++) c = CRC32C_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
+export { crc32c };
 
 // ---------------------------------------------------------------------------------------------
 // Internals: state
