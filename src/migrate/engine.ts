@@ -156,7 +156,7 @@ const TRANSIENT = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
  * The app must already write ciphertext for these columns (read mode `passthrough`, or dual writes
  * for shadow columns) before the backfill starts: rows inserted behind the backfill are not revisited.
  */
-export function runBackfill(
+export async function runBackfill(
   db: AnyPgDatabase,
   keyring: Keyring,
   table: RetrofitTableConfig,
@@ -170,7 +170,7 @@ export function runBackfill(
  * source column, clearing the target). Same machinery as `runBackfill`. Freeze app writes to these
  * columns first (read mode `read-only`), or the app keeps encrypting rows behind the rollback.
  */
-export function rollbackBackfill(
+export async function rollbackBackfill(
   db: AnyPgDatabase,
   keyring: Keyring,
   table: RetrofitTableConfig,
