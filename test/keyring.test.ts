@@ -234,7 +234,8 @@ describe('configuration errors name what to fix', () => {
         e.keyring.installKeyStore(),
       ]);
       const r = await e.tdb.raw<{ n: number }>(
-        `select count(*)::int as n from information_schema.tables where table_schema = 'byok'`,
+        `select count(*)::int as n from information_schema.tables
+          where table_schema = 'byok' and table_name in ('tenants', 'keks', 'deks', 'dek_wraps', 'audit')`,
       );
       expect(r[0]!.n).toBe(5);
       await e.db.execute(sql`select 1`);
