@@ -667,6 +667,9 @@ class Backfill {
       await this.#emitThrottled();
       if (end) return true;
       await this.#rateLimit();
+      // Let other work of this process run between batches (with an in-process database such as
+      // PGlite every await resolves without ever reaching the event loop).
+      await new Promise((r) => setImmediate(r));
     }
   }
 
