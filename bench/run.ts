@@ -13,9 +13,10 @@
  */
 import { cryptoBench } from './crypto.ts';
 import type { Section } from './lib.ts';
+import { retrofitBench } from './retrofit.ts';
 import { selectBench } from './select.ts';
 
-export const sections: readonly Section[] = [cryptoBench, selectBench];
+export const sections: readonly Section[] = [cryptoBench, selectBench, retrofitBench];
 
 async function main(): Promise<number> {
   const args = process.argv.slice(2);

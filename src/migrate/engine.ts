@@ -235,7 +235,7 @@ function emptyCounts(): ValueCounts {
 }
 
 /** A row as read: key and tenant as text, raw target values `v<i>`, source text `s<i>`. */
-type Row = Record<string, unknown> & { k: string; t: string | null };
+type Row = Record<string, unknown> & { k: string; t: string | null; x: string };
 
 interface Chunk {
   readonly seq: number;
@@ -264,6 +264,13 @@ type Action =
 const COUNT = (counter: keyof ValueCounts): Action => ({ kind: 'count', counter });
 const WORK: Action = { kind: 'work' };
 const NEED_KEY: Action = { kind: 'need-key' };
+
+/** A row to rewrite: the row as read, its new column values, and the counts to record once written. */
+interface PlannedWrite {
+  readonly row: Row;
+  readonly writes: Map<number, ColumnWrite>;
+  readonly actions: Action[];
+}
 
 /** A computed rewrite of one column of one row. */
 interface ColumnWrite {
@@ -604,6 +611,7 @@ class Backfill {
     const parts: SQL[] = [
       sql`t.${ident(this.t.key)}::text AS "k"`,
       sql`t.${ident(this.t.tenant)}::text AS "t"`,
+      sql`t.xmin::text AS "x"`,
     ];
     this.t.columns.forEach((c, i) => {
       parts.push(sql`t.${ident(c.target)} AS ${sql.identifier(`v${i}`)}`);
@@ -629,15 +637,6 @@ class Backfill {
       sql`SELECT ${this.#selectFields()} FROM ${tableSql(this.t)} AS t
            WHERE ${rangeSql(this.t, sql.raw('t'), lo, hi, this.tenants)}
            ORDER BY t.${ident(this.t.key)} LIMIT ${limit}`,
-    );
-  }
-
-  #lockRows(tx: AnyPgDatabase, keys: readonly string[]): Promise<Row[]> {
-    return query<Row>(
-      tx,
-      sql`SELECT ${this.#selectFields()} FROM ${tableSql(this.t)} AS t
-           WHERE ${keysIn(this.t, sql.raw('t'), keys)}
-           ORDER BY t.${ident(this.t.key)} FOR UPDATE OF t SKIP LOCKED`,
     );
   }
 
@@ -681,91 +680,69 @@ class Backfill {
   }
 
   /**
-   * One batch: classify the rows read without locks, load the keys they need (batched), then lock the
-   * rows that need a rewrite (`FOR UPDATE SKIP LOCKED`), re-read them, rewrite them from their
-   * current values and move the checkpoint, in one transaction. Rows held by other transactions are
-   * retried until `busyTimeoutMs`; the checkpoint passes the batch only once every row is handled.
+   * One batch: classify the rows read, load the keys they need (batched), compute their new values,
+   * then write them in one statement that locks (`FOR UPDATE SKIP LOCKED`) and rewrites only the rows
+   * whose version (`xmin`) is still the one that was read, and moves the checkpoint. A row the app
+   * changed or holds meanwhile is not written: it is read again and retried (until `busyTimeoutMs`),
+   * so a value is only ever replaced by the encryption of that very value. The checkpoint passes the
+   * batch only once every row is handled.
    */
   async #processBatch(chunk: Chunk, rows: Row[], last: string | null, end: boolean): Promise<void> {
     let keys = await this.#loadKeys(rows);
-    let pending: string[] = [];
-    for (const row of rows) {
-      const actions = this.#plan(row, keys);
-      if (actions.some((a) => a.kind !== 'count')) pending.push(row.k);
-      else this.#count(actions);
-    }
-    await this.opts.hooks?.beforeLock?.(pending);
-    const deadline = performance.now() + (this.opts.busyTimeoutMs ?? DEFAULTS.busyTimeoutMs);
-    let advanced = false;
+    let todo = rows;
+    let first = true;
     let attempt = 0;
-    while (pending.length > 0) {
-      const wanted = new Set(pending);
-      const out = await this.db.transaction(async (tx) => {
-        const locked = await this.#lockRows(tx, pending);
-        const writes = new Map<string, Map<number, ColumnWrite>>();
-        const retry: string[] = [];
-        const counted: Action[][] = [];
-        for (const row of locked) {
-          wanted.delete(row.k);
-          const actions = this.#plan(row, keys);
-          if (actions.some((a) => a.kind === 'need-key')) {
-            retry.push(row.k);
-            continue;
-          }
-          const w = this.#rewrite(row, actions, keys);
-          counted.push(actions);
-          if (w.size > 0) writes.set(row.k, w);
+    const deadline = performance.now() + (this.opts.busyTimeoutMs ?? DEFAULTS.busyTimeoutMs);
+    const advance = { last, rows: rows.length, end };
+    for (;;) {
+      const writes = new Map<string, PlannedWrite>();
+      const needKey: Row[] = [];
+      for (const row of todo) {
+        const actions = this.#plan(row, keys);
+        if (actions.some((a) => a.kind === 'need-key')) {
+          needKey.push(row);
+          continue;
         }
-        const complete = wanted.size === 0 && retry.length === 0;
-        let values = 0;
-        for (const w of writes.values()) values += w.size;
-        const owned = await this.#write(
-          tx,
-          chunk,
-          writes,
-          values,
-          complete ? { last, rows: rows.length, end } : undefined,
-        );
-        if (!owned) throw new LeaseLost();
-        for (const a of counted) this.#count(a);
-        return { complete, retry, busy: [...wanted], written: [...writes.keys()] };
-      });
-      if (out.complete) advanced = true;
-      await this.opts.hooks?.afterCommit?.(out.written);
-      if (out.complete) break;
-      // Rows not locked: held by another transaction, or deleted since they were read.
-      let busy = out.busy;
-      if (busy.length > 0) {
-        const exist = await query<{ k: string }>(
-          this.db,
-          sql`SELECT t.${ident(this.t.key)}::text AS k FROM ${tableSql(this.t)} AS t WHERE ${keysIn(this.t, sql.raw('t'), busy)}`,
-        );
-        const still = new Set(exist.map((r) => r.k));
-        busy = busy.filter((k) => still.has(k));
-        this.result.busyRetries += busy.length;
+        const w = actions.some((a) => a.kind === 'work') ? this.#rewrite(row, actions, keys) : undefined;
+        if (w === undefined || w.size === 0) this.#count(actions);
+        else writes.set(row.k, { row, writes: w, actions });
       }
-      if (out.retry.length > 0) {
-        const again = await this.#readKeys(out.retry);
-        keys = await this.#loadKeys(again, keys);
+      if (first) {
+        first = false;
+        await this.opts.hooks?.beforeLock?.([...writes.keys()]);
       }
-      pending = [...busy, ...out.retry];
-      if (pending.length === 0) break;
-      if (performance.now() > deadline) {
-        throw new RetrofitBusyError(
-          `${pending.length} row(s) of ${this.t.qualified} stayed locked by other transactions for more than ` +
-            `${this.opts.busyTimeoutMs ?? DEFAULTS.busyTimeoutMs} ms; the checkpoint is kept: run again to resume`,
-        );
-      }
-      await sleep(Math.min(1000, 10 * 2 ** attempt++), this.opts.signal);
-      if (this.opts.signal?.aborted) {
-        await this.#release(chunk);
-        throw new LeaseLost();
+      const out = await this.#write(chunk, writes, needKey.length === 0 ? advance : undefined);
+      if (!out.owned) throw new LeaseLost();
+      for (const k of out.updated) this.#count(writes.get(k)!.actions);
+      if (out.updated.length > 0) await this.opts.hooks?.afterCommit?.(out.updated);
+      if (out.advanced) return;
+      const done = new Set(out.updated);
+      const failed = [...writes.values()].filter((w) => !done.has(w.row.k)).map((w) => w.row);
+      if (failed.length === 0 && needKey.length === 0) break;
+      // Read the rows again: changed ones are planned from their new value; deleted ones drop out.
+      const again = await this.#readKeys([...failed, ...needKey].map((r) => r.k));
+      const before = new Map([...failed, ...needKey].map((r) => [r.k, r.x]));
+      const busy = again.filter((r) => before.get(r.k) === r.x).length;
+      this.result.busyRetries += failed.length;
+      if (needKey.length > 0) keys = await this.#loadKeys(again, keys);
+      todo = again;
+      if (todo.length === 0) break;
+      if (busy > 0) {
+        if (performance.now() > deadline) {
+          throw new RetrofitBusyError(
+            `${busy} row(s) of ${this.t.qualified} stayed locked by other transactions for more than ` +
+              `${this.opts.busyTimeoutMs ?? DEFAULTS.busyTimeoutMs} ms; the checkpoint is kept: run again to resume`,
+          );
+        }
+        await sleep(Math.min(1000, 10 * 2 ** attempt++), this.opts.signal);
+        if (this.opts.signal?.aborted) {
+          await this.#release(chunk);
+          throw new LeaseLost();
+        }
       }
     }
-    if (!advanced) {
-      const owned = await this.#checkpoint(this.db, chunk, 0, { last, rows: rows.length, end });
-      if (!owned) throw new LeaseLost();
-    }
+    const owned = await this.#checkpoint(this.db, chunk, 0, advance);
+    if (!owned) throw new LeaseLost();
   }
 
   #readKeys(keys: readonly string[]): Promise<Row[]> {
@@ -963,21 +940,27 @@ class Backfill {
   }
 
   /** UPDATE of the rewritten rows and the chunk checkpoint, in one statement. Returns false when the lease was lost. */
+  /**
+   * Writes the planned rows whose version is unchanged and unlocked, and the checkpoint, in one
+   * statement. Returns the keys written; `advanced` when the checkpoint moved past the batch.
+   */
   async #write(
-    tx: AnyPgDatabase,
     chunk: Chunk,
-    writes: Map<string, Map<number, ColumnWrite>>,
-    values: number,
+    writes: Map<string, PlannedWrite>,
     advance: { last: string | null; rows: number; end: boolean } | undefined,
-  ): Promise<boolean> {
-    if (writes.size === 0) return this.#checkpoint(tx, chunk, 0, advance);
+  ): Promise<{ owned: boolean; updated: string[]; advanced: boolean }> {
+    if (writes.size === 0) {
+      const owned = await this.#checkpoint(this.db, chunk, 0, advance);
+      return { owned, updated: [], advanced: owned && advance !== undefined };
+    }
     const used = new Map<number, 'target' | 'source'>();
-    for (const w of writes.values())
-      for (const [i, cw] of w) used.set(i, cw.source !== undefined ? 'source' : 'target');
+    for (const w of writes.values()) {
+      for (const [i, cw] of w.writes) used.set(i, cw.source !== undefined ? 'source' : 'target');
+    }
     const cols = [...used.keys()].sort((a, b) => a - b);
     // The new values travel as one JSON text parameter (bytea as base64): ciphertext only when encrypting.
-    const records = [...writes].map(([k, w]) => {
-      const r: Record<string, string | null> = { k };
+    const records = [...writes.values()].map(({ row, writes: w }) => {
+      const r: Record<string, string | number | null> = { k: row.k, x: row.x, n: w.size };
       for (const i of cols) {
         const cw = w.get(i);
         const v = cw === undefined ? undefined : (cw.source ?? cw.target);
@@ -985,7 +968,12 @@ class Backfill {
       }
       return r;
     });
-    const defs = [sql`k text`, ...cols.map((i) => sql`${sql.identifier(`c${i}`)} text`)];
+    const defs = [
+      sql`k text`,
+      sql`x text`,
+      sql`n int`,
+      ...cols.map((i) => sql`${sql.identifier(`c${i}`)} text`),
+    ];
     const sets: SQL[] = [];
     for (const i of cols) {
       const c = this.t.columns[i]!;
@@ -1001,30 +989,46 @@ class Backfill {
         sets.push(sql`${ident(c.target)} = COALESCE(decode(${v}, 'base64'), t.${ident(c.target)})`);
       }
     }
-    const [r] = await query<{ owned: number }>(
-      tx,
-      sql`WITH u AS (
+    const key = ident(this.t.key);
+    const keyType = sql.raw(this.t.keyType);
+    const all = sql`(SELECT count(*) FROM u) = ${writes.size}::int`;
+    const [r] = await query<{ updated: string | null; owned: number; advanced: boolean }>(
+      this.db,
+      sql`WITH v AS (
+            SELECT * FROM json_to_recordset(${JSON.stringify(records)}::text::json) AS v(${sql.join(defs, sql`, `)})
+          ), l AS (
+            SELECT t.${key} AS k FROM ${tableSql(this.t)} AS t JOIN v ON t.${key} = v.k::${keyType} AND t.xmin = v.x::xid
+            FOR UPDATE OF t SKIP LOCKED
+          ), u AS (
             UPDATE ${tableSql(this.t)} AS t SET ${sql.join(sets, sql`, `)}
-              FROM json_to_recordset(${JSON.stringify(records)}::text::json) AS v(${sql.join(defs, sql`, `)})
-             WHERE t.${ident(this.t.key)} = v.k::${sql.raw(this.t.keyType)}
-            RETURNING 1
-          ), c AS (${this.#checkpointSql(chunk, values, advance)})
-          SELECT (SELECT count(*) FROM c)::int AS owned, (SELECT count(*) FROM u)::int AS updated`,
+              FROM v JOIN l ON l.k = v.k::${keyType}
+             WHERE t.${key} = l.k
+            RETURNING v.k AS k, v.n AS n
+          ), c AS (${this.#checkpointSql(chunk, sql`(SELECT coalesce(sum(n), 0) FROM u)::int`, advance, all)})
+          SELECT (SELECT json_agg(k) FROM u)::text AS updated, (SELECT count(*) FROM c)::int AS owned,
+                 ${advance === undefined ? sql`false` : all} AS advanced`,
     );
-    return (r?.owned ?? 0) > 0;
+    const updated = r?.updated ? (JSON.parse(r.updated) as string[]) : [];
+    const owned = (r?.owned ?? 0) > 0;
+    return { owned, updated, advanced: owned && r?.advanced === true };
   }
 
   #checkpointSql(
     chunk: Chunk,
-    values: number,
+    values: SQL | number,
     advance: { last: string | null; rows: number; end: boolean } | undefined,
+    when?: SQL,
   ): SQL {
+    const v = typeof values === 'number' ? sql`${values}::int` : values;
+    const cond = (then: SQL, otherwise: SQL) =>
+      when === undefined ? then : sql`CASE WHEN ${when} THEN ${then} ELSE ${otherwise} END`;
     const more =
       advance === undefined
         ? sql``
-        : sql`, last_key = ${advance.last}::text, rows_seen = rows_seen + ${advance.rows}::int,
-              state = ${advance.end ? 'done' : 'running'}::text`;
-    return sql`UPDATE byok.retrofit_chunks SET values_written = values_written + ${values}::int,
+        : sql`, last_key = ${cond(sql`${advance.last}::text`, sql`last_key`)},
+              rows_seen = rows_seen + ${cond(sql`${advance.rows}::int`, sql`0`)},
+              state = ${cond(sql`${advance.end ? 'done' : 'running'}::text`, sql`state`)}`;
+    return sql`UPDATE byok.retrofit_chunks SET values_written = values_written + ${v},
                  lease_until = ${this.#leaseSql()}, updated_at = now()${more}
                WHERE job_id = ${this.jobId} AND seq = ${chunk.seq} AND worker = ${this.worker} AND state = 'running'
                RETURNING 1`;
