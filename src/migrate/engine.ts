@@ -304,6 +304,7 @@ class Backfill {
   #globalAt = 0;
   #globalLocalAt = 0;
   #rateWindow: { at: number; rows: number }[] = [];
+  #lastEmitted = -1;
 
   constructor(
     db: AnyPgDatabase,
@@ -376,7 +377,7 @@ class Backfill {
       }
       if (claim === 'wait') {
         if (this.opts.waitForOthers === false) break;
-        this.#emit(true);
+        await this.#emitThrottled();
         await sleep(poll, signal);
         continue;
       }
@@ -1081,6 +1082,8 @@ class Backfill {
         ? Math.max(this.#total, this.#globalDone)
         : this.#globalDone + (this.result.rowsSeen - this.#globalLocalAt);
     const total = Math.max(this.#total, done);
+    if (done === this.#lastEmitted) return;
+    this.#lastEmitted = done;
     try {
       cb({
         operation: this.op,
