@@ -2,3 +2,5 @@
 export * from './keys/schema.ts';
 /** The retrofit engine's checkpoint tables (`migrations/0002_retrofit.sql`). */
 export { byokRetrofitChunks, byokRetrofitJobs } from './migrate/schema.ts';
+/** Blind index key versions (`migrations/0003_blind_index.sql`). */
+export { byokBlindIndexKeys } from './drizzle/blind-schema.ts';

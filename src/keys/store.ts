@@ -1,6 +1,7 @@
 import { sql } from 'drizzle-orm';
 import type { PgDatabase } from 'drizzle-orm/pg-core';
 import { RETROFIT_MIGRATION } from '../migrate/schema.ts';
+import { BLIND_INDEX_MIGRATION } from '../drizzle/blind-schema.ts';
 
 /**
  * The key store migration, identical to the shipped `migrations/0001_key_store.sql` (a test checks
@@ -75,7 +76,7 @@ CREATE INDEX IF NOT EXISTS audit_tenant_at_idx ON byok.audit (tenant_id, at);
 `;
 
 /** Every shipped migration (`migrations/000N_*.sql`), in the order `installKeyStore` runs them. */
-export const MIGRATIONS: readonly string[] = [KEY_STORE_MIGRATION, RETROFIT_MIGRATION];
+export const MIGRATIONS: readonly string[] = [KEY_STORE_MIGRATION, RETROFIT_MIGRATION, BLIND_INDEX_MIGRATION];
 
 /** Splits a migration into statements (no semicolons inside literals in our own SQL). */
 export function migrationStatements(text: string): string[] {

@@ -1,0 +1,83 @@
+import { sql } from 'drizzle-orm';
+import {
+  boolean,
+  check,
+  integer,
+  jsonb,
+  primaryKey,
+  text,
+  timestamp,
+  uniqueIndex,
+} from 'drizzle-orm/pg-core';
+import { byok, byokTenants } from '../keys/schema.ts';
+
+/**
+ * Blind index key versions, per tenant and index context. Created by
+ * `migrations/0003_blind_index.sql` (also run by `installKeyStore`).
+ *
+ * An index key is derived from one data key version of the tenant (`dek_version`) with the label
+ * `blind-index/v<version>` and the index context: it stays the same across `rotateDek` (new data
+ * key versions are for new ciphertexts; the index keeps its version until `rotateBlindIndex`), and
+ * it dies with the tenant's data keys (`shred`). Nothing here is secret.
+ */
+export const byokBlindIndexKeys = byok.table(
+  'blind_index_keys',
+  {
+    tenantId: text('tenant_id')
+      .notNull()
+      .references(() => byokTenants.tenantId, { onDelete: 'cascade' }),
+    /** The index context (default `schema.table.column` of the index column). */
+    context: text('context').notNull(),
+    /** 1..255: the first byte of every index value written under this version. */
+    version: integer('version').notNull(),
+    /** The data key version the index key is derived from. */
+    dekVersion: integer('dek_version').notNull(),
+    /**
+     * 'pending' (looked up, not yet written: first phase of a rotation), 'active' (written and looked
+     * up), 'retiring' (looked up only: second phase of a rotation), 'retired'.
+     */
+    state: text('state').notNull().default('active'),
+    /** Normalization and length of this version (`b16;trim;fold;nfc`). */
+    params: text('params').notNull(),
+    /** True once every row of the tenant has a value under this version (or an older live one). */
+    built: boolean('built').notNull().default(false),
+    /** Re-index checkpoint: `{ table, cursor }` of the pass in progress. */
+    progress: jsonb('progress'),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+    /** When the version became the one written. */
+    activatedAt: timestamp('activated_at', { withTimezone: true }),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.context, t.version] }),
+    check('blind_index_keys_version_check', sql`version BETWEEN 1 AND 255`),
+    uniqueIndex('blind_index_keys_one_active_uq').on(t.tenantId, t.context).where(sql`state = 'active'`),
+  ],
+);
+
+/**
+ * The blind index migration, identical to the shipped `migrations/0003_blind_index.sql` (a test
+ * checks they match). Idempotent.
+ */
+export const BLIND_INDEX_MIGRATION = `-- drizzle-byok blind index key versions. Idempotent: safe to run more than once.
+-- Matches byokBlindIndexKeys exported by \`drizzle-byok/schema\`.
+CREATE SCHEMA IF NOT EXISTS byok;
+
+CREATE TABLE IF NOT EXISTS byok.blind_index_keys (
+  tenant_id    text NOT NULL REFERENCES byok.tenants (tenant_id) ON DELETE CASCADE,
+  context      text NOT NULL,
+  version      integer NOT NULL CHECK (version BETWEEN 1 AND 255),
+  dek_version  integer NOT NULL,
+  state        text NOT NULL DEFAULT 'active',
+  params       text NOT NULL,
+  built        boolean NOT NULL DEFAULT false,
+  progress     jsonb,
+  created_at   timestamptz NOT NULL DEFAULT now(),
+  activated_at timestamptz,
+  updated_at   timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, context, version)
+);
+-- At most one active index key version per tenant and index.
+CREATE UNIQUE INDEX IF NOT EXISTS blind_index_keys_one_active_uq
+  ON byok.blind_index_keys (tenant_id, context) WHERE state = 'active';
+`;
