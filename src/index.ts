@@ -4,6 +4,27 @@
  */
 export { type EncryptedColumnOptions, encrypted, type ReadMode } from './drizzle/columns.ts';
 export { withEncryption, type WithEncryptionOptions } from './drizzle/middleware.ts';
+export type { BlindNormalize } from './crypto/blind-hmac.ts';
+export {
+  BlindIndexUniqueViolationError,
+  type BlindIndexOptions,
+  blindIndex,
+  blindIndexValues,
+  findByBlindIndex,
+} from './drizzle/blind-index.ts';
+export { type BlindIndexConfig, configureBlindIndexes } from './drizzle/blind-keys.ts';
+export {
+  type BackfillReport,
+  type BlindIndexStatus,
+  type BlindIndexTarget,
+  backfillBlindIndex,
+  blindIndexStatus,
+  type ReindexPassReport,
+  type RotationEvent,
+  type RotationReport,
+  rotateBlindIndex,
+} from './drizzle/blind-reindex.ts';
+export { BLIND_INDEX_MIGRATION } from './drizzle/blind-schema.ts';
 export { decryptRows } from './drizzle/raw.ts';
 export { currentTenant, withAnyTenant, withTenant } from './drizzle/scope.ts';
 export * from './errors.ts';

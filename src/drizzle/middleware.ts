@@ -14,6 +14,13 @@ import {
 import { ByokConfigError, EncryptedComparisonError, TenantMismatchError } from '../errors.ts';
 import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import {
+  instrumentBlindWrites,
+  isBlindPending,
+  resolveBlindParams,
+  rewriteBlindLookups,
+  translateBlindError,
+} from './blind-index.ts';
+import {
   type BuildContext,
   checkReadTenant,
   type EncryptedColumnState,
@@ -112,9 +119,16 @@ function instrumentDialect(
   const original = dialect.sqlToQuery;
   dialect.sqlToQuery = function (this: unknown, sqlObj: SQL, invokeSource?: unknown): Query {
     const ctx: BuildContext = { keyring, rowTenants: [], cursor: 0 };
-    inspectChunks(sqlObj.queryChunks, ctx, tenantColumn);
-    return inBuildContext(ctx, () => original.call(this, sqlObj, invokeSource));
+    // Blind index lookups first (eq/inArray on indexed columns), then the fail-closed inspection.
+    const restore = rewriteBlindLookups(sqlObj, tenantColumn);
+    try {
+      inspectChunks(sqlObj.queryChunks, ctx, tenantColumn);
+      return inBuildContext(ctx, () => original.call(this, sqlObj, invokeSource));
+    } finally {
+      restore();
+    }
   };
+  instrumentBlindWrites(dialect, keyring, tenantColumn);
   Object.defineProperty(dialect, WRAPPED, { value: keyring });
 }
 
@@ -202,15 +216,19 @@ function collectRowTenant(row: readonly unknown[], ctx: BuildContext, tenantColu
       firstEncoder ??= p.encoder;
     }
     if (encryptedState(p.encoder) !== undefined) encrypted = true;
-    else if ((p.encoder as { name?: unknown } | undefined)?.name === tenantColumn && is(p.encoder, Column)) tenant = p;
+    else if ((p.encoder as { name?: unknown } | undefined)?.name === tenantColumn && is(p.encoder, Column))
+      tenant = p;
   }
   if (columns < 2 || tenant === undefined || typeof tenant.value !== 'string') return;
   const rowTenant = tenant.value;
   const scoped = scopeStorage.getStore()?.tenantId;
   if (typeof scoped === 'string' && scoped !== rowTenant) {
-    throw new TenantMismatchError(`a row of tenant ${rowTenant} was written inside the scope of tenant ${scoped}`, {
-      tenantId: scoped,
-    });
+    throw new TenantMismatchError(
+      `a row of tenant ${rowTenant} was written inside the scope of tenant ${scoped}`,
+      {
+        tenantId: scoped,
+      },
+    );
   }
   if (!encrypted) return;
   for (const el of row) {
@@ -265,7 +283,7 @@ function instrumentTransaction(tx: Tx, keyring: Keyring): void {
 /** What a prepared query needs before it can run: pending encryptions and encrypted placeholders. */
 function needsParams(params: readonly unknown[]): boolean {
   for (const p of params) {
-    if (p instanceof PendingWrite) return true;
+    if (p instanceof PendingWrite || isBlindPending(p)) return true;
     if (p instanceof Param && p.value instanceof Placeholder && encryptedState(p.encoder) !== undefined)
       return true;
   }
@@ -298,7 +316,12 @@ function instrumentPrepared(
             values = {};
           }
           const fn = target === this ? original : (target[method] as typeof original);
-          const result = await fn.call(target, values, token);
+          let result: unknown;
+          try {
+            result = await fn.call(target, values, token);
+          } catch (e) {
+            throw translateBlindError(e);
+          }
           return ctx.pending.length === 0 ? result : resolveReads(keyring, ctx, result);
         },
         txDb,
@@ -347,6 +370,7 @@ async function resolveParams(
       return p;
     }),
   );
+  await resolveBlindParams(keyring, filled, values, txDb);
   const tenants = new Set<string>();
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;
