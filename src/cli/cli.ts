@@ -26,7 +26,7 @@ Keys (one tenant's key lifecycle):
   keys enable  <tenant> KEK                         bring your own key (re-wraps data keys)
   keys rotate  <tenant> [KEK]                       new KEK(s) when given; else a new data key version
   keys disable <tenant>                             back to the platform key
-  keys health                                       check every BYOK tenant's keys (exit 3 if any is not ok)
+  keys health [--tenant X]...                       check every BYOK tenant's keys (exit 3 if any is not ok)
   keys shred   <tenant> --confirm <tenant>          destroy every data key: the tenant's data is gone
 
   KEK: --kek NAME (from the config's \`keks\`)
@@ -192,7 +192,7 @@ export async function runCli(argv: readonly string[], io: Io, options: RunOption
       );
     } else {
       io.stderr.write(
-        `drizzle-byok: ${code === EXIT.usage ? '' : 'error: '}${message}${isByokError(e) && !(e instanceof ByokConfigError) ? ` [${e.code}]` : ''}\n`,
+        `drizzle-byok: ${code === EXIT.usage ? '' : 'error: '}${message}${isByokError(e) && e.code !== ByokConfigError.code ? ` [${e.code}]` : ''}\n`,
       );
     }
     return code;
@@ -202,7 +202,13 @@ export async function runCli(argv: readonly string[], io: Io, options: RunOption
 }
 
 function exitCodeOf(e: unknown): number {
-  if (e instanceof UsageError || e instanceof CliConfigError || e instanceof ByokConfigError)
+  // By code, not only by class: the config may load another copy of the library than the CLI's.
+  if (
+    e instanceof UsageError ||
+    e instanceof CliConfigError ||
+    (isByokError(e) && e.code === ByokConfigError.code)
+  ) {
     return EXIT.usage;
+  }
   return EXIT.failure;
 }

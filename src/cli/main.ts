@@ -17,10 +17,17 @@ const onSignal = (signal: NodeJS.Signals) => {
 process.on('SIGINT', onSignal);
 process.on('SIGTERM', onSignal);
 
-process.exitCode = await runCli(
+// No top-level await: the entry also builds as CommonJS.
+runCli(
   process.argv.slice(2),
   { stdout: process.stdout, stderr: process.stderr },
-  {
-    signal: controller.signal,
+  { signal: controller.signal },
+).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`drizzle-byok: error: ${(e as Error)?.message ?? String(e)}\n`);
+    process.exitCode = 1;
   },
 );
