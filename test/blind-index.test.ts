@@ -638,19 +638,18 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
     ]);
   });
 
-  it('rotation of the index key under concurrent writes loses no lookups, on either of two instances', async () => {
-    // Two app instances on one database: A rotates and reads; B writes continuously and reads with
-    // cached key versions up to 400 ms old (the rotation's grace period, 700 ms, covers that).
+  it('rotation of the index key under concurrent writes loses no lookups, on any of three instances', async () => {
+    // Three app instances on one database: A rotates and reads; B writes continuously and reads; C
+    // reads. B and C act on cached key versions up to 1 s old; the rotation's grace period (1.3 s)
+    // covers that. The checks at each phase pin down which stale view each instance has.
     const kek = localKek({ key: randomBytes(32) });
     const pglite = MAIN_DRIVER === 'pglite' ? new PGlite() : undefined;
-    const A = await setupBlind(MAIN_DRIVER, { pglite, kek, stateMaxAgeMs: 400 });
-    const B = await setupBlind(MAIN_DRIVER, {
-      pglite,
-      kek,
-      schemaName: A.s.name,
-      createTables: false,
-      stateMaxAgeMs: 400,
-    });
+    const A = await setupBlind(MAIN_DRIVER, { pglite, kek });
+    const other = { pglite, kek, schemaName: A.s.name, createTables: false, stateMaxAgeMs: 1000 };
+    const B = await setupBlind(MAIN_DRIVER, other);
+    const C = await setupBlind(MAIN_DRIVER, other);
+    let stop = false;
+    const loops: Promise<void>[] = [];
     try {
       const ua = A.s.users;
       const ub = B.s.users;
@@ -671,7 +670,6 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
       )) as { id: string; email: string }[];
       const expected = new Map<string, string>(base.map((r) => [r.id, r.email]));
 
-      let stop = false;
       // PGlite answers without yielding to timers: loops yield so the rotation's grace timer can fire.
       const yieldNow = () => new Promise((res) => setImmediate(res));
       const misses: string[] = [];
@@ -709,13 +707,13 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
           if (got.length !== 1 || got[0] !== r.id) misses.push(`${name}: ${r.email} -> ${got.length} rows`);
         }
       };
-      const readers = [reader(A, 'A'), reader(B, 'B')];
+      loops.push(writer, reader(A, 'A'), reader(B, 'B'), reader(C, 'C'));
 
       const checks: string[] = [];
       const onProgress = async (ev: RotationEvent) => {
         checks.push(ev.phase);
         if (ev.phase === 'pending') {
-          // A knows the pending version: it still writes the old one, and B (which may not know yet) finds it.
+          // A knows the pending version: it still writes the old one; C, which does not know it yet, finds it.
           const [r] = await withTenant(T, () =>
             A.db
               .insert(ua)
@@ -724,7 +722,7 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
           );
           expected.set(r.id, 'during-pending@x.io');
           expect(await versionOf(r.id)).toBe(1);
-          expect(await findOn(B, 'during-pending@x.io')).toEqual([r.id]);
+          expect(await findOn(C, 'during-pending@x.io')).toEqual([r.id]);
         }
         if (ev.phase === 'promoting') {
           // B reloads now, so it is certain to act on the pending phase's view just after promotion.
@@ -732,7 +730,8 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
           await findOn(B, 'base0@x.io');
         }
         if (ev.phase === 'promoted') {
-          // B (stale) still writes the old version; A writes the new one; each finds the other's row.
+          // B (stale) still writes the old version; A writes the new one; each finds the other's row,
+          // and so does C, whose view predates the rotation unless it reloaded during the grace period.
           const [rb] = await withTenant(T, () =>
             B.db
               .insert(ub)
@@ -751,17 +750,34 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
           expect(await versionOf(ra.id)).toBe(2);
           expect(await findOn(A, 'stale-b@x.io')).toEqual([rb.id]);
           expect(await findOn(B, 'fresh-a@x.io')).toEqual([ra.id]);
+          expect(await findOn(C, 'fresh-a@x.io')).toEqual([ra.id]);
+        }
+        if (ev.phase === 'pass') {
+          // Rows are on the new version now, but B (view from 'promoting') still writes the old one:
+          // only the sweeps after the grace period can move this row.
+          const [rb] = await withTenant(T, () =>
+            B.db
+              .insert(ub)
+              .values({ tenantId: T, seq: 20_003, email: 'after-pass-b@x.io' })
+              .returning({ id: ub.id }),
+          );
+          expected.set(rb.id, 'after-pass-b@x.io');
+          expect(await versionOf(rb.id)).toBe(1);
+          expect(await findOn(A, 'after-pass-b@x.io')).toEqual([rb.id]);
         }
       };
+      // C's view: fresh now, before the rotation starts (it knows version 1 only).
+      C.keyring.evictTenant(T);
+      await findOn(C, 'base0@x.io');
       const report = await rotateBlindIndex(A.db, {
         index: ua.emailIdx,
         tenantId: T,
-        graceMs: 700,
+        graceMs: 1300,
         batchSize: 100,
         onProgress,
       });
       stop = true;
-      await Promise.all([writer, ...readers]);
+      await Promise.all(loops);
 
       expect(checks).toEqual(
         expect.arrayContaining(['pending', 'promoting', 'promoted', 'pass', 'sweep', 'retired']),
@@ -771,14 +787,14 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
       expect(stats.lookups).toBeGreaterThan(20);
       expect(misses).toEqual([]);
 
-      // Every row is under the new version, and found by its current value on both instances.
+      // Every row is under the new version, and found by its current value on every instance.
       const [{ n }] = await A.tdb.raw<{ n: number }>(
         `select count(*)::int as n from "${A.s.name}".users where tenant_id = $1 and get_byte(email_idx, 0) <> 2`,
         [T],
       );
       expect(n).toBe(0);
       const all = [...expected.entries()];
-      for (const x of [A, B]) {
+      for (const x of [A, B, C]) {
         for (let i = 0; i < all.length; i += 100) {
           const chunk = all.slice(i, i + 100);
           const got: { id: string; email: string | null }[] = await withTenant(T, () =>
@@ -801,6 +817,9 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
         { version: 2, state: 'active', built: true },
       ]);
     } finally {
+      stop = true;
+      await Promise.allSettled(loops);
+      await C.close();
       await B.close();
       await A.close();
       await pglite?.close();
