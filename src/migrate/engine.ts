@@ -943,7 +943,7 @@ class Backfill {
   /** UPDATE of the rewritten rows and the chunk checkpoint, in one statement. Returns false when the lease was lost. */
   /**
    * Writes the planned rows whose version is unchanged and unlocked, and the checkpoint, in one
-   * statement. Returns the keys written; `advanced` when the checkpoint moved past the batch.
+   * statement; nothing is written unless this worker still holds the chunk (its row is locked first). Returns the keys written; `advanced` when the checkpoint moved past the batch.
    */
   async #write(
     chunk: Chunk,
@@ -997,8 +997,13 @@ class Backfill {
       this.db,
       sql`WITH v AS (
             SELECT * FROM json_to_recordset(${JSON.stringify(records)}::text::json) AS v(${sql.join(defs, sql`, `)})
+          ), own AS (
+            SELECT 1 FROM byok.retrofit_chunks
+             WHERE job_id = ${this.jobId} AND seq = ${chunk.seq} AND worker = ${this.worker} AND state = 'running'
+            FOR UPDATE
           ), l AS (
             SELECT t.${key} AS k FROM ${tableSql(this.t)} AS t JOIN v ON t.${key} = v.k::${keyType} AND t.xmin = v.x::xid
+             WHERE EXISTS (SELECT 1 FROM own)
             FOR UPDATE OF t SKIP LOCKED
           ), u AS (
             UPDATE ${tableSql(this.t)} AS t SET ${sql.join(sets, sql`, `)}
