@@ -11,12 +11,13 @@
  * To add a section, write a module exporting a `Section` (see bench/lib.ts) and append it to
  * `sections` below.
  */
+import { blindIndexBench } from './blind-index.ts';
 import { cryptoBench } from './crypto.ts';
 import type { Section } from './lib.ts';
 import { retrofitBench } from './retrofit.ts';
 import { selectBench } from './select.ts';
 
-export const sections: readonly Section[] = [cryptoBench, selectBench, retrofitBench];
+export const sections: readonly Section[] = [cryptoBench, selectBench, retrofitBench, blindIndexBench];
 
 async function main(): Promise<number> {
   const args = process.argv.slice(2);

@@ -23,6 +23,7 @@ import {
   PlaceholderLeakError,
   type RotationEvent,
   rotateBlindIndex,
+  runBackfill,
   TenantShreddedError,
   UniqueViolationError,
   withAnyTenant,
@@ -597,6 +598,52 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
     for (let i = 1; i <= 51; i++) expect(await lookup(`USER${i}@x.io`)).toEqual([{ id: i }]);
     const status = await blindIndexStatus(e.db, { index: accounts.loginIdx, tenantId: T });
     expect(status.versions).toMatchObject([{ version: 1, state: 'active', built: true }]);
+  });
+
+  it('retrofit in place: index plaintext rows (passthrough), then the retrofit engine encrypts them; lookups work throughout', async () => {
+    const { legacy } = e.s;
+    const T1 = uniqueTenant('leg1');
+    const T2 = uniqueTenant('leg2');
+    for (let i = 1; i <= 40; i++) {
+      await e.tdb.raw(`insert into "${e.s.name}".legacy (id, tenant_id, email) values ($1, $2, $3)`, [
+        i,
+        i <= 30 ? T1 : T2,
+        ` Legacy${i}@X.io`,
+      ]);
+    }
+    const lookup = (t: string, v: string) =>
+      withTenant(t, () =>
+        e.db.select({ id: legacy.id, email: legacy.email }).from(legacy).where(eq(legacy.email, v)),
+      );
+    await expect(lookup(T1, 'legacy1@x.io')).rejects.toThrow(/not built/);
+    const report = await backfillBlindIndex(e.db, { index: legacy.emailIdx, batchSize: 7 });
+    expect(report.tenants.map((t) => [t.tenantId, t.updated]).sort()).toEqual(
+      [
+        [T1, 30],
+        [T2, 10],
+      ].sort(),
+    );
+    expect(await lookup(T1, 'LEGACY7@x.io')).toEqual([{ id: 7, email: ' Legacy7@X.io' }]);
+    expect(await lookup(T2, 'legacy7@x.io')).toEqual([]);
+    const before = await e.tdb.raw<{ id: number; i: string }>(
+      `select id, encode(email_idx, 'hex') as i from "${e.s.name}".legacy order by id`,
+    );
+
+    await runBackfill(e.db, e.keyring, {
+      table: legacy,
+      tenantColumn: legacy.tenantId,
+      columns: [legacy.email],
+    });
+    const after = await e.tdb.raw<{ id: number; i: string; e: string }>(
+      `select id, encode(email_idx, 'hex') as i, email as e from "${e.s.name}".legacy order by id`,
+    );
+    expect(after.every((r) => r.e.startsWith('byok1:'))).toBe(true);
+    expect(after.map(({ id, i }) => ({ id, i }))).toEqual(before);
+    for (let i = 1; i <= 40; i++) {
+      expect(await lookup(i <= 30 ? T1 : T2, `legacy${i}@x.io`)).toEqual([
+        { id: i, email: ` Legacy${i}@X.io` },
+      ]);
+    }
   });
 
   it('EXPLAIN: a lookup on a 100,000-row table is an index scan on (tenant_id, email_idx)', async () => {
