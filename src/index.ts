@@ -11,6 +11,7 @@ export {
   blindIndex,
   blindIndexValues,
   findByBlindIndex,
+  matches,
 } from './drizzle/blind-index.ts';
 export { type BlindIndexConfig, configureBlindIndexes } from './drizzle/blind-keys.ts';
 export {

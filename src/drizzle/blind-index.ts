@@ -1,6 +1,8 @@
 import { inspect } from 'node:util';
 import {
   Column,
+  eq,
+  inArray,
   is,
   isSQLWrapper,
   Name,
@@ -1003,6 +1005,23 @@ function constraintCovers(ix: BlindIndexState, name: string): boolean {
 
 // -----------------------------------------------------------------------------------------------
 // Explicit lookups (lossy indexes) and values for code that writes rows itself
+
+/**
+ * `eq(column, value)`, or `inArray(column, values)` for an array, typed for the values of the source
+ * column: the explicit spelling of a blind index lookup. `column` is an indexed encrypted column or a
+ * blind index column (compare the index column when a column has several indexes). Throws when the
+ * column has no blind index.
+ */
+export function matches(column: PgColumn, value: unknown): SQL {
+  if (lookupTarget(column as unknown as Column, undefined) === undefined) {
+    throw new ByokConfigError(
+      'matches(column, value): the column is neither a blind index nor an indexed encrypted column',
+    );
+  }
+  return Array.isArray(value)
+    ? inArray(column as never, value as never[])
+    : eq(column as never, value as never);
+}
 
 /**
  * Rows of `table` whose `column` (the encrypted column or its blind index) equals `value` (or one of
