@@ -382,6 +382,27 @@ describe.each(DRIVERS)('blind indexes on %s', (driver) => {
         const inTx = await tx.select({ seq: u.seq }).from(u).where(eq(u.email, 'tx@x.io'));
         expect(inTx).toEqual([{ seq: 8 }]);
       });
+      // a tenant's very first write (no data key, no index key yet) inside a transaction, rolled back, then kept
+      const T3 = uniqueTenant('txfirst');
+      const first = () =>
+        withTenant(T3, () =>
+          e.db.transaction(async (tx: typeof e.db) => {
+            await tx.insert(u).values({ tenantId: T3, seq: 1, email: 'first@x.io' });
+            return tx.select({ seq: u.seq }).from(u).where(eq(u.email, 'first@x.io'));
+          }),
+        );
+      await expect(
+        withTenant(T3, () =>
+          e.db.transaction(async (tx: typeof e.db) => {
+            await tx.insert(u).values({ tenantId: T3, seq: 0, email: 'gone@x.io' });
+            throw new Error('roll back');
+          }),
+        ),
+      ).rejects.toThrow('roll back');
+      expect(await first()).toEqual([{ seq: 1 }]);
+      expect(
+        await withTenant(T3, () => e.db.select({ seq: u.seq }).from(u).where(eq(u.email, 'first@x.io'))),
+      ).toEqual([{ seq: 1 }]);
       const deleted = await e.db.delete(u).where(eq(u.email, 'rq@x.io')).returning({ id: u.id });
       expect(deleted).toEqual([{ id: p.id }]);
       expect(await e.db.$count(u, eq(u.email, 'rq@x.io'))).toBe(0);
