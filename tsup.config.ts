@@ -7,6 +7,7 @@ export default defineConfig({
     aws: 'src/kms/aws.ts',
     gcp: 'src/kms/gcp.ts',
     testing: 'src/testing/index.ts',
+    cli: 'src/cli/main.ts',
   },
   format: ['esm', 'cjs'],
   dts: true,

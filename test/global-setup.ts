@@ -31,7 +31,19 @@ export default async function setup(project: TestProject): Promise<() => Promise
   let url = process.env.DATABASE_URL ?? '';
   let backend: string;
   if (url !== '') {
-    backend = `PostgreSQL from DATABASE_URL (${url.replace(/\/\/[^@]*@/, '//***@')})`;
+    // A fresh database for this run, so no state left by earlier runs (or older schemas) leaks in.
+    const { default: postgres } = await import('postgres');
+    const admin = postgres(url, { max: 1, onnotice: () => {} });
+    const name = `byok_test_${process.pid}_${Date.now().toString(36)}`;
+    await admin.unsafe(`create database "${name}"`);
+    const base = new URL(url);
+    base.pathname = `/${name}`;
+    backend = `PostgreSQL from DATABASE_URL (${url.replace(/\/\/[^@]*@/, '//***@')}), fresh database ${name}`;
+    url = base.toString();
+    stop = async () => {
+      await admin.unsafe(`drop database if exists "${name}" with (force)`);
+      await admin.end();
+    };
   } else if (await dockerAnswers()) {
     const { PostgreSqlContainer } = await import('@testcontainers/postgresql');
     const container = await new PostgreSqlContainer('postgres:17-alpine').start();

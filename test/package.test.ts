@@ -53,6 +53,13 @@ describe('package', () => {
     expect(JSON.parse(out)).toEqual(['function', 'function', 'function', 'function']);
   });
 
+  it('installs a drizzle-byok command (bin) that runs from the build', () => {
+    const pkg = JSON.parse(readFileSync(`${root}/package.json`, 'utf8'));
+    const bin = `${root}/${pkg.bin['drizzle-byok']}`;
+    expect(readFileSync(bin, 'utf8').startsWith('#!/usr/bin/env node')).toBe(true);
+    expect(run([bin, '--help'])).toMatch(/^Usage: drizzle-byok <command>/);
+  });
+
   it('ships the key store migration exactly as the library runs it', () => {
     expect(readFileSync(`${root}/migrations/0001_key_store.sql`, 'utf8')).toBe(KEY_STORE_MIGRATION);
   });
