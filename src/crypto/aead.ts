@@ -2,6 +2,7 @@ import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, type KeyOb
 import { DecryptionFailedError } from '../errors.ts';
 import {
   DEK_ID_BYTES,
+  DEK_ID_OFFSET,
   FLAG_ROW_KEY,
   FORMAT_VERSION,
   HEADER_BYTES,
@@ -36,7 +37,26 @@ export interface FieldKey {
   readonly aad: Buffer;
   /** Precomputed AAD prefix for envelopes with a row key (flags 1). */
   readonly aadRowKeyed: Buffer;
+  /** The DEK id as four big-endian 32-bit words (compared in JS: cheaper than a native call per field). */
+  readonly idWords: readonly [number, number, number, number];
 }
+
+/** Whether the 16 bytes of `buf` at `at` equal `words`. */
+export function idEquals(buf: Buffer, at: number, words: readonly [number, number, number, number]): boolean {
+  return (
+    buf.readUInt32BE(at) === words[0] &&
+    buf.readUInt32BE(at + 4) === words[1] &&
+    buf.readUInt32BE(at + 8) === words[2] &&
+    buf.readUInt32BE(at + 12) === words[3]
+  );
+}
+
+export function idWordsOf(id: Uint8Array): [number, number, number, number] {
+  const b = Buffer.from(id.buffer, id.byteOffset, id.byteLength);
+  return [b.readUInt32BE(0), b.readUInt32BE(4), b.readUInt32BE(8), b.readUInt32BE(12)];
+}
+
+const DECIPHER_OPTIONS = { authTagLength: TAG_BYTES } as const;
 
 const SALT = Buffer.from('drizzle-byok/v1');
 
@@ -82,6 +102,7 @@ export function deriveFieldKey(
     header,
     aad: Buffer.concat([header, ctx]),
     aadRowKeyed: Buffer.concat([headerRowKeyed, ctx]),
+    idWords: idWordsOf(dekId),
   };
 }
 
@@ -118,11 +139,14 @@ export function open(fk: FieldKey, env: Uint8Array, rowKey?: Uint8Array): Buffer
   }
   if ((flags === FLAG_ROW_KEY) !== (rowKey !== undefined)) throw new DecryptionFailedError();
   const buf = Buffer.isBuffer(env) ? env : Buffer.from(env.buffer, env.byteOffset, n);
-  if (buf.compare(fk.header, 2, HEADER_BYTES, 2, HEADER_BYTES) !== 0) throw new DecryptionFailedError();
+  if (!idEquals(buf, DEK_ID_OFFSET, fk.idWords)) throw new DecryptionFailedError();
   try {
-    const decipher = createDecipheriv('aes-256-gcm', fk.key, buf.subarray(IV_OFFSET, IV_OFFSET + IV_BYTES), {
-      authTagLength: TAG_BYTES,
-    });
+    const decipher = createDecipheriv(
+      'aes-256-gcm',
+      fk.key,
+      buf.subarray(IV_OFFSET, IV_OFFSET + IV_BYTES),
+      DECIPHER_OPTIONS,
+    );
     if (rowKey === undefined) {
       decipher.setAAD(fk.aad);
     } else {

@@ -81,6 +81,8 @@ export interface QueryContext extends TenantScope {
   readonly tenantId: string | null;
   readonly scoped: boolean;
   readonly pending: PendingRead[];
+  /** Clock read once per query: cache freshness is judged at query start. */
+  readonly now: number;
   /** The transaction the query runs in, if any (for single-connection databases). */
   readonly txDb?: AnyPgDatabase;
 }
@@ -247,7 +249,7 @@ function fromDriver(this: PgColumn, value: unknown): unknown {
     if (env === undefined && state.mode !== 'strict') return passthrough(state, value);
     throw new DecryptionFailedError({ column: state.label });
   }
-  const entry = q.keyring.cache.lookupEnvelope(env);
+  const entry = q.keyring.cache.lookupEnvelope(env, q.now);
   if (entry === undefined) {
     const p = new PendingRead(env, envelopeDekId(env), state);
     q.pending.push(p);

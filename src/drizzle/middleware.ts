@@ -343,6 +343,7 @@ export function runQuery<T>(
     tenantId: outer === undefined ? null : (outer.tenantId ?? null),
     scoped: outer !== undefined && (outer.scoped ?? true),
     pending: [],
+    now: Date.now(),
     txDb: txDb ?? outer?.txDb,
   };
   return scopeStorage.run(ctx, () => fn(ctx));

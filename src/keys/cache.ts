@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import type { FieldKey } from '../crypto/aead.ts';
+import { type FieldKey, idEquals, idWordsOf } from '../crypto/aead.ts';
 import { DEK_ID_OFFSET, envelopeDekId } from '../crypto/envelope.ts';
 
 /**
@@ -24,6 +24,7 @@ export const DEFAULT_CACHE = { maxEntries: 10_000, maxAgeMs: 300_000 } as const;
 export interface DekEntry {
   readonly id: string;
   readonly idBytes: Buffer;
+  readonly idWords: readonly [number, number, number, number];
   readonly tenantId: string;
   readonly version: number;
   readonly expiresAt: number;
@@ -65,10 +66,10 @@ export class DekCache {
   }
 
   /** Looks up the DEK of an envelope (synchronous hot path). */
-  lookupEnvelope(env: Buffer): DekEntry | undefined {
+  lookupEnvelope(env: Buffer, now = Date.now()): DekEntry | undefined {
     const e = this.#byPrefix.get(env.readUIntBE(DEK_ID_OFFSET, 6));
-    if (e !== undefined && env.compare(e.idBytes, 0, 16, DEK_ID_OFFSET, DEK_ID_OFFSET + 16) === 0) {
-      return this.#fresh(e);
+    if (e !== undefined && idEquals(env, DEK_ID_OFFSET, e.idWords)) {
+      return this.#fresh(e, now);
     }
     return this.get(envelopeDekId(env));
   }
@@ -84,8 +85,7 @@ export class DekCache {
     return e === undefined ? undefined : this.#fresh(e);
   }
 
-  #fresh(e: DekEntry): DekEntry | undefined {
-    const now = Date.now();
+  #fresh(e: DekEntry, now = Date.now()): DekEntry | undefined {
     if (e.expiresAt <= now) {
       this.#evict(e);
       return undefined;
@@ -176,6 +176,7 @@ function newEntry(
   return {
     id,
     idBytes,
+    idWords: idWordsOf(idBytes),
     tenantId,
     version,
     expiresAt: now + maxAgeMs,

@@ -1149,7 +1149,10 @@ class Backfill {
     };
     for (const tenant of tenants) {
       const id = active.get(tenant);
-      keys.active.set(tenant, id === undefined ? placeholderEntry(tenant) : await this.keyring.getDek(id));
+      keys.active.set(
+        tenant,
+        id === undefined ? placeholderEntry(this.keyring, tenant) : await this.keyring.getDek(id),
+      );
     }
     return this.#loadKeys(rows, keys);
   }
@@ -1173,19 +1176,12 @@ export async function activeDeks(
 }
 
 /** A stand-in active key for a tenant that has none yet (dry run): encrypts with a throwaway key. */
-function placeholderEntry(tenantId: string): DekEntry {
-  const now = Date.now();
-  return {
-    id: '00000000-0000-0000-0000-000000000000',
-    idBytes: Buffer.alloc(16),
+function placeholderEntry(keyring: Keyring, tenantId: string): DekEntry {
+  return keyring.cache.uncached(
+    '00000000-0000-0000-0000-000000000000',
+    Buffer.alloc(16),
     tenantId,
-    version: 0,
-    expiresAt: now + 60_000,
-    raw: randomBytes(32),
-    fieldKeys: new Map(),
-    derived: new Map(),
-    derivedObjects: new Map(),
-    lastUsed: now,
-    evicted: false,
-  };
+    0,
+    randomBytes(32),
+  );
 }
