@@ -801,18 +801,23 @@ export async function resolveBlindParams(
   for (const p of filled) if (p instanceof PendingBlind) any = true;
   if (!any) return;
   const reg = registryFor(keyring);
-  const scoped = scopeStorage.getStore()?.tenantId;
-  const states = new Map<string, Promise<IndexKeyState | undefined>>();
-  const stateOf = (tenantId: string, p: PendingBlind, create: boolean) => {
-    const k = `${tenantId}\u0000${p.index.context}\u0000${create ? 'c' : 'r'}`;
-    let s = states.get(k);
-    if (s === undefined) {
-      s = reg.load(tenantId, p.index.owner(p.tenantColumn), { create, txDb });
-      states.set(k, s);
+  const scope = scopeStorage.getStore() as { tenantId?: string | null; scoped?: boolean } | undefined;
+  const scoped = scope === undefined || scope.scoped === false ? undefined : scope.tenantId;
+  const memo = new Map<string, Promise<unknown>>();
+  const once = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    let p = memo.get(key) as Promise<T> | undefined;
+    if (p === undefined) {
+      p = fn();
+      memo.set(key, p);
     }
-    return s;
+    return p;
   };
-  const jobs: Promise<void>[] = [];
+  const stateOf = (tenantId: string, p: PendingBlind, create: boolean) =>
+    once(`s\u0000${tenantId}\u0000${p.index.context}\u0000${create}`, () =>
+      reg.load(tenantId, p.index.owner(p.tenantColumn), { create, txDb }),
+    );
+  // Every check that can throw runs before any query starts (no promise is left unobserved).
+  const tasks: (() => Promise<void>)[] = [];
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
     if (!(p instanceof PendingBlind)) continue;
@@ -830,14 +835,12 @@ export async function resolveBlindParams(
         filled[i] = null;
         continue;
       }
-      jobs.push(
-        (async () => {
-          const st = (await stateOf(tenantId, p, true))!;
-          const v = st.active;
-          const input = indexInput(p.index, v.params, value);
-          filled[i] = blindValue(await reg.key(st, v, txDb), v.version, input, v.params.bytes);
-        })(),
-      );
+      tasks.push(async () => {
+        const st = (await stateOf(tenantId, p, true))!;
+        const v = st.active;
+        const input = indexInput(p.index, v.params, value);
+        filled[i] = blindValue(await reg.key(st, v, txDb), v.version, input, v.params.bytes);
+      });
       continue;
     }
     const tenantId = lookupTenant(p.index, scoped);
@@ -845,32 +848,32 @@ export async function resolveBlindParams(
       filled[i] = tenantId;
       continue;
     }
-    jobs.push(
-      (async () => {
-        const st = await stateOf(tenantId, p, false);
-        if (st === undefined) {
-          // Nothing was ever indexed for this tenant: no row can match, unless rows predate the index.
-          if (await p.index.owner(p.tenantColumn).hasUnindexedRows(reg.dbFor(txDb), tenantId))
-            throw notBuilt(p.index, tenantId);
-          filled[i] = NO_MATCH;
-          return;
-        }
-        checkLookup(p, st);
-        if (value === null || value === undefined) {
-          filled[i] = NO_MATCH;
-          return;
-        }
-        const v: IndexVersion = st.live[p.slot] ?? st.live[0]!;
-        filled[i] = blindValue(
-          await reg.key(st, v, txDb),
-          v.version,
-          indexInput(p.index, v.params, value),
-          v.params.bytes,
+    tasks.push(async () => {
+      const st = await stateOf(tenantId, p, false);
+      if (st === undefined) {
+        // Nothing was ever indexed for this tenant: no row can match, unless rows predate the index.
+        const unindexed = await once(`u\u0000${tenantId}\u0000${p.index.context}`, () =>
+          p.index.owner(p.tenantColumn).hasUnindexedRows(reg.dbFor(txDb), tenantId),
         );
-      })(),
-    );
+        if (unindexed) throw notBuilt(p.index, tenantId);
+        filled[i] = NO_MATCH;
+        return;
+      }
+      checkLookup(p, st);
+      if (value === null || value === undefined) {
+        filled[i] = NO_MATCH;
+        return;
+      }
+      const v: IndexVersion = st.live[p.slot] ?? st.live[0]!;
+      filled[i] = blindValue(
+        await reg.key(st, v, txDb),
+        v.version,
+        indexInput(p.index, v.params, value),
+        v.params.bytes,
+      );
+    });
   }
-  const results = await Promise.allSettled(jobs);
+  const results = await Promise.allSettled(tasks.map((t) => t()));
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
 
