@@ -55,6 +55,8 @@ export interface BlindIndexConfig {
 }
 
 export const DEFAULT_STATE_MAX_AGE_MS = 30_000;
+/** Most (tenant, index) states cached per keyring; the oldest are dropped beyond it. */
+const MAX_STATES = 100_000;
 
 /** Label of the derived key of index version `v` (HKDF info, see `aead.ts`). */
 export function keyLabel(version: number): string {
@@ -206,7 +208,17 @@ export class BlindKeyRegistry {
       live,
       expiresAt: Date.now() + this.maxAgeMs,
     };
-    if (cacheIt) this.#states.set(mapKey(tenantId, owner.context), state);
+    if (cacheIt) {
+      const k = mapKey(tenantId, owner.context);
+      this.#states.delete(k);
+      if (this.#states.size >= MAX_STATES) {
+        for (const old of this.#states.keys()) {
+          this.#states.delete(old);
+          if (this.#states.size < MAX_STATES * 0.9) break;
+        }
+      }
+      this.#states.set(k, state);
+    }
     return state;
   }
 

@@ -2,7 +2,7 @@ import { and, asc, eq, type SQL, sql } from 'drizzle-orm';
 import { getTableConfig, type PgColumn, type PgTable } from 'drizzle-orm/pg-core';
 import { blindValue, encodeParams, MAX_VERSION } from '../crypto/blind-hmac.ts';
 import { toBytes } from '../crypto/envelope.ts';
-import { ByokConfigError, ByokError } from '../errors.ts';
+import { ByokConfigError, ByokError, TenantShreddedError } from '../errors.ts';
 import { assertTenantId, withTenant } from './scope.ts';
 import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import { type BlindIndexState, blindState, indexInput, rowsOf, wrappedWith } from './blind-index.ts';
@@ -41,6 +41,8 @@ export interface ReindexPassReport {
 
 export interface BackfillReport {
   readonly tenants: readonly { tenantId: string; version: number; scanned: number; updated: number }[];
+  /** Tenants whose rows cannot be indexed any more: they were crypto-shredded. */
+  readonly shredded: readonly string[];
 }
 
 export interface RotationReport {
@@ -288,9 +290,19 @@ export async function backfillBlindIndex(
     tenants = [...new Set([...need, ...unbuilt])].sort();
   }
   const out: { tenantId: string; version: number; scanned: number; updated: number }[] = [];
+  const shredded: string[] = [];
   for (const tenantId of tenants) {
     assertTenantId(tenantId);
-    const st = (await loadState(r, keyring, tenantId, true))!;
+    let st: IndexKeyState;
+    try {
+      st = (await loadState(r, keyring, tenantId, true))!;
+    } catch (e) {
+      if (e instanceof TenantShreddedError) {
+        shredded.push(tenantId);
+        continue;
+      }
+      throw e;
+    }
     let scanned = 0;
     let updated = 0;
     for (let pass = 0; ; pass++) {
@@ -315,7 +327,7 @@ export async function backfillBlindIndex(
     registryFor(keyring).drop(tenantId, r.index.context);
     out.push({ tenantId, version: st.active.version, scanned, updated });
   }
-  return { tenants: out };
+  return { tenants: out, shredded };
 }
 
 /** Progress of a rotation, given to `onProgress` (awaited) at each step. */
