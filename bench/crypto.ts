@@ -105,7 +105,7 @@ async function run(ctx: BenchContext): Promise<void> {
   });
   keyring.cache.put(dekId, uuidToBytes(dekId), TENANT, 1, Buffer.from(dek), true);
   const build: BuildContext = { keyring, rowTenants: [], cursor: 0 };
-  const query: QueryContext = { keyring, tenantId: TENANT, scoped: true, pending: [] };
+  const query: QueryContext = { keyring, tenantId: TENANT, scoped: true, pending: [], now: Date.now() };
   const column = patients.name;
 
   const rows: Row[] = [

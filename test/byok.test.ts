@@ -474,7 +474,12 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
       expect(deniedAt - revokedAt).toBeGreaterThan(0);
       expect(deniedAt - revokedAt).toBeLessThan(300 + 1000);
       expect(await readShort(O)).toEqual([{ n: 'unaffected' }]);
-      const st = await short.keyring.status(T);
+      // health is recorded in the background right after the refusal
+      let st = await short.keyring.status(T);
+      for (let i = 0; i < 60 && st.health !== 'error'; i++) {
+        await new Promise((res) => setTimeout(res, 50));
+        st = await short.keyring.status(T);
+      }
       expect(st.health).toBe('error');
       expect(st.keks[0]!.lastError).toContain(KeyAccessDeniedError.code);
       aws.setPolicy(key.arn, {
