@@ -177,6 +177,10 @@ function resultText(r: BackfillResult): string {
       (r.stale > 0 ? ` · ${fmtInt(r.stale)} under an older key (left)` : '') +
       (r.busyRetries > 0 ? ` · ${fmtInt(r.busyRetries)} busy row retries` : ''),
   );
+  if (r.indexed > 0 || r.indexesBuilt.length > 0)
+    lines.push(
+      `  ${fmtInt(r.indexed)} blind index value(s) written · index built for ${fmtInt(r.indexesBuilt.length)} tenant index(es)`,
+    );
   const bad: string[] = [];
   if (r.unreadable > 0) bad.push(`${fmtInt(r.unreadable)} unreadable`);
   if (r.invalid > 0) bad.push(`${fmtInt(r.invalid)} invalid plaintext`);

@@ -1,7 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, type KeyObject, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type SQL, sql } from 'drizzle-orm';
 import { open } from '../crypto/aead.ts';
+import { type BlindParams, blindValue } from '../crypto/blind-hmac.ts';
+import { type BlindIndexState, indexInput, tableBlindIndexes } from '../drizzle/blind-index.ts';
+import { type IndexKeyOwner, registryFor } from '../drizzle/blind-keys.ts';
 import { openFor, sealFor } from '../drizzle/columns.ts';
 import {
   ByokConfigError,
@@ -136,6 +139,16 @@ export interface BackfillResult extends ValueCounts {
   /** Row locks that were busy (held by the app) and retried. */
   busyRetries: number;
   tenantErrors: { tenantId: string; code: string; message: string }[];
+  /**
+   * `encrypt` only: blind index values this worker wrote (for the blind indexes of the encrypted
+   * columns: with every value it encrypts, and for rows whose index value is missing).
+   */
+  indexed: number;
+  /**
+   * `encrypt` only, once the job is done: the tenants whose blind index this run marked built (every
+   * row with a value has an index value), so lookups for them are allowed. `index` is `table.column`.
+   */
+  indexesBuilt: { index: string; tenantId: string }[];
   /** True when every chunk of the job is done (by this worker or others). */
   jobDone: boolean;
   aborted: boolean;
@@ -155,6 +168,10 @@ const TRANSIENT = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
  *
  * The app must already write ciphertext for these columns (read mode `passthrough`, or dual writes
  * for shadow columns) before the backfill starts: rows inserted behind the backfill are not revisited.
+ *
+ * Blind indexes of these columns are built on the way: each plaintext value encrypted gets its index
+ * value in the same statement, a ciphertext without one gets it too, and when the job is done the
+ * tenants with no unindexed row left are marked built (lookups allowed).
  */
 export async function runBackfill(
   db: AnyPgDatabase,
@@ -234,7 +251,7 @@ function emptyCounts(): ValueCounts {
   };
 }
 
-/** A row as read: key and tenant as text, raw target values `v<i>`, source text `s<i>`. */
+/** A row as read: key and tenant as text, raw target values `v<i>`, source text `s<i>`, blind index values `i<j>`. */
 type Row = Record<string, unknown> & { k: string; t: string | null; x: string };
 
 interface Chunk {
@@ -252,6 +269,23 @@ interface BatchKeys {
   readonly failedTenants: Set<string>;
   /** DEK ids that could not be loaded for good (destroyed, unknown). */
   readonly deadDeks: Set<string>;
+  /** Active blind index key of each tenant, per index (`tenant\0j`). */
+  readonly index: Map<string, IndexKey>;
+}
+
+/** A tenant's active key version of one blind index. */
+interface IndexKey {
+  readonly version: number;
+  readonly params: BlindParams;
+  readonly key: KeyObject;
+}
+
+/** A blind index of one of the columns the engine rewrites. */
+interface EngineIndex {
+  /** Index of the encrypted column in `ResolvedTarget.columns`. */
+  readonly col: number;
+  readonly state: BlindIndexState;
+  readonly owner: IndexKeyOwner;
 }
 
 /** One value's fate. */
@@ -269,6 +303,8 @@ const NEED_KEY: Action = { kind: 'need-key' };
 interface PlannedWrite {
   readonly row: Row;
   readonly writes: Map<number, ColumnWrite>;
+  /** New blind index values, by index number (`EngineIndex` position). */
+  readonly index: Map<number, Buffer>;
   readonly actions: Action[];
 }
 
@@ -297,6 +333,8 @@ class Backfill {
   readonly tenants: readonly string[] | undefined;
   readonly opts: BackfillOptions;
   readonly result: BackfillResult;
+  /** Blind indexes of the columns rewritten (their source is one of `t.columns`). */
+  readonly indexes: readonly EngineIndex[];
   readonly started = performance.now();
   #pass = 1;
   #total = 0;
@@ -325,6 +363,10 @@ class Backfill {
     this.opts = opts;
     this.t = resolveTarget(table, op === 'encrypt' ? 'runBackfill' : 'rollbackBackfill');
     for (const c of this.t.columns) assertRetrofittable(c, this.t.qualified);
+    this.indexes = tableBlindIndexes(this.t.config.table).flatMap(({ state }) => {
+      const col = this.t.columns.findIndex((c) => c.target === state.source().name);
+      return col < 0 ? [] : [{ col, state, owner: state.owner(this.t.tenant) }];
+    });
     this.batchSize = Math.floor(positive(opts.batchSize, DEFAULTS.batchSize, 'batchSize'));
     this.chunkSize = Math.floor(positive(opts.chunkSize, DEFAULTS.chunkSize, 'chunkSize'));
     this.leaseMs = Math.floor(positive(opts.leaseMs, DEFAULTS.leaseMs, 'leaseMs'));
@@ -355,6 +397,8 @@ class Backfill {
       chunks: 0,
       busyRetries: 0,
       tenantErrors: [],
+      indexed: 0,
+      indexesBuilt: [],
       jobDone: false,
       aborted: false,
       elapsedMs: 0,
@@ -397,8 +441,42 @@ class Backfill {
       }
     }
     if (signal?.aborted) this.result.aborted = true;
+    if (this.result.jobDone && this.op === 'encrypt') await this.#markIndexesBuilt();
     this.#emit(true);
     return this.#finish();
+  }
+
+  /**
+   * Once the job is done: marks built the active index key version of every tenant (of the run's
+   * tenants) that has no row with a value and no index value left, so lookups for it are allowed.
+   * A tenant with rows the run could not index (unreadable, invalid, skipped) stays not built.
+   */
+  async #markIndexesBuilt(): Promise<void> {
+    const reg = registryFor(this.keyring);
+    for (const ix of this.indexes) {
+      const tenantFilter =
+        this.tenants === undefined
+          ? sql``
+          : sql` AND k.tenant_id IN (${sql.join(
+              this.tenants.map((x) => sql`${x}::text`),
+              sql`, `,
+            )})`;
+      const src = ident(ix.state.source().name);
+      const idx = ident(ix.state.name);
+      const rows = await query<{ tenant_id: string }>(
+        this.db,
+        sql`UPDATE byok.blind_index_keys AS k SET built = true, updated_at = now()
+             WHERE k.context = ${ix.state.context} AND k.state = 'active' AND NOT k.built${tenantFilter}
+               AND NOT EXISTS (SELECT 1 FROM ${tableSql(this.t)} AS t
+                                WHERE t.${ident(this.t.tenant)}::text = k.tenant_id
+                                  AND t.${src} IS NOT NULL AND t.${idx} IS NULL)
+           RETURNING k.tenant_id`,
+      );
+      for (const { tenant_id } of rows) {
+        reg.drop(tenant_id, ix.state.context);
+        this.result.indexesBuilt.push({ index: ix.state.label, tenantId: tenant_id });
+      }
+    }
   }
 
   #finish(): BackfillResult {
@@ -624,6 +702,9 @@ class Backfill {
         parts.push(sql`${expr} AS ${sql.identifier(`s${i}`)}`);
       }
     });
+    this.indexes.forEach((ix, j) => {
+      parts.push(sql`t.${ident(ix.state.name)} AS ${sql.identifier(`i${j}`)}`);
+    });
     return sql.join(parts, sql`, `);
   }
 
@@ -704,9 +785,12 @@ class Backfill {
           needKey.push(row);
           continue;
         }
-        const w = actions.some((a) => a.kind === 'work') ? this.#rewrite(row, actions, keys) : undefined;
-        if (w === undefined || w.size === 0) this.#count(actions);
-        else writes.set(row.k, { row, writes: w, actions });
+        const w =
+          actions.some((a) => a.kind === 'work') || (this.op === 'encrypt' && this.#missingIndex(row))
+            ? this.#rewrite(row, actions, keys)
+            : undefined;
+        if (w === undefined || (w.cols.size === 0 && w.index.size === 0)) this.#count(actions);
+        else writes.set(row.k, { row, writes: w.cols, index: w.index, actions });
       }
       if (first) {
         first = false;
@@ -714,7 +798,11 @@ class Backfill {
       }
       const out = await this.#write(chunk, writes, needKey.length === 0 ? advance : undefined);
       if (!out.owned) throw new LeaseLost();
-      for (const k of out.updated) this.#count(writes.get(k)!.actions);
+      for (const k of out.updated) {
+        const w = writes.get(k)!;
+        this.#count(w.actions);
+        this.result.indexed += w.index.size;
+      }
       if (out.updated.length > 0) await this.opts.hooks?.afterCommit?.(out.updated);
       if (out.advanced) return;
       const done = new Set(out.updated);
@@ -763,19 +851,24 @@ class Backfill {
       old: new Map(),
       failedTenants: new Set(),
       deadDeks: new Set(),
+      index: new Map(),
     };
     const tenants = new Set<string>();
-    const envelopes: { tenant: string; dekId: string }[] = [];
+    /** Tenants that need their blind index keys (a value of an indexed column). */
+    const indexTenants = new Set<string>();
+    const envelopes: { tenant: string; dekId: string; needIndex: boolean }[] = [];
     for (const row of rows) {
       if (row.t === null) continue;
       this.t.columns.forEach((c, i) => {
         const s = classify(c.state, row[`v${i}`]);
-        if (s.kind === 'envelope') envelopes.push({ tenant: row.t!, dekId: s.dekId });
+        if (s.kind === 'envelope')
+          envelopes.push({ tenant: row.t!, dekId: s.dekId, needIndex: this.#missingIndex(row, i) });
         if (
           this.op === 'encrypt' &&
           (s.kind !== 'null' || (c.source !== undefined && row[`s${i}`] != null))
         ) {
           tenants.add(row.t!);
+          if (this.indexes.some((ix) => ix.col === i)) indexTenants.add(row.t!);
         }
       });
     }
@@ -789,11 +882,16 @@ class Backfill {
         if (r.status === 'fulfilled') keys.active.set(tenantId, r.value);
         else this.#tenantError(tenantId, r.reason, keys);
       });
+      // The dry run never creates an index key version: it computes no index value.
+      if (!this.opts.dryRun) await this.#loadIndexKeys(indexTenants, keys);
     }
     const ids = new Set<string>();
     for (const e of envelopes) {
       const active = keys.active.get(e.tenant);
-      if (this.op === 'encrypt' && (active === undefined || active.id === e.dekId || !this.reencrypt))
+      if (
+        this.op === 'encrypt' &&
+        (active === undefined || active.id === e.dekId || (!this.reencrypt && !e.needIndex))
+      )
         continue;
       const have = keys.old.get(e.dekId);
       if ((have === undefined || have.evicted) && !keys.deadDeks.has(e.dekId)) ids.add(e.dekId);
@@ -807,6 +905,46 @@ class Backfill {
       else keys.deadDeks.add(id);
     });
     return keys;
+  }
+
+  /**
+   * The active blind index key of each tenant for each index (the version the middleware writes),
+   * creating the tenant's first version when it has none (not built if rows lack an index value).
+   */
+  async #loadIndexKeys(tenants: Set<string>, keys: BatchKeys): Promise<void> {
+    if (this.indexes.length === 0) return;
+    const reg = registryFor(this.keyring);
+    const wanted: { tenant: string; j: number }[] = [];
+    for (const tenant of tenants) {
+      if (keys.failedTenants.has(tenant) || !keys.active.has(tenant)) continue;
+      this.indexes.forEach((_, j) => {
+        if (!keys.index.has(`${tenant}\u0000${j}`)) wanted.push({ tenant, j });
+      });
+    }
+    const loaded = await Promise.allSettled(
+      wanted.map(async ({ tenant, j }): Promise<IndexKey> => {
+        const st = (await reg.load(tenant, this.indexes[j]!.owner, { create: true }))!;
+        const v = st.active;
+        return { version: v.version, params: v.params, key: await reg.key(st, v) };
+      }),
+    );
+    loaded.forEach((r, n) => {
+      const { tenant, j } = wanted[n]!;
+      if (r.status === 'fulfilled') keys.index.set(`${tenant}\u0000${j}`, r.value);
+      else this.#tenantError(tenant, r.reason, keys);
+    });
+  }
+
+  /** Whether a blind index of column `col` (of any column when omitted) has no value in `row`. */
+  #missingIndex(row: Row, col?: number): boolean {
+    return this.indexes.some((ix, j) => (col === undefined || ix.col === col) && row[`i${j}`] == null);
+  }
+
+  /** The value of index `j` for an app value of its column, or undefined without a key (dry run). */
+  #indexValue(j: number, tenant: string, value: unknown, keys: BatchKeys): Buffer | undefined {
+    const k = keys.index.get(`${tenant}\u0000${j}`);
+    if (k === undefined) return undefined;
+    return blindValue(k.key, k.version, indexInput(this.indexes[j]!.state, k.params, value), k.params.bytes);
   }
 
   #tenantError(tenantId: string, reason: unknown, keys: BatchKeys): void {
@@ -875,14 +1013,51 @@ class Backfill {
   /**
    * Computes the new values of a locked row's columns marked `work`. A value that turns out not to
    * be rewritable (bad plaintext, ciphertext that fails to decrypt) is counted and left as it is.
+   *
+   * `encrypt` also computes the blind index values of those columns: for a plaintext value it
+   * encrypts, always (what the middleware writes with a value); for a ciphertext it re-encrypts or
+   * leaves (already under the active data key, or `stale`), only where the index value is missing
+   * (index keys do not depend on data key versions, so an existing value stays valid).
    */
-  #rewrite(row: Row, actions: Action[], keys: BatchKeys): Map<number, ColumnWrite> {
+  #rewrite(
+    row: Row,
+    actions: Action[],
+    keys: BatchKeys,
+  ): { cols: Map<number, ColumnWrite>; index: Map<number, Buffer> } {
     const out = new Map<number, ColumnWrite>();
+    const index = new Map<number, Buffer>();
+    const indexes = (i: number, value: () => unknown, onlyMissing: boolean) => {
+      this.indexes.forEach((ix, j) => {
+        if (ix.col !== i || (onlyMissing && row[`i${j}`] != null)) return;
+        const v = this.#indexValue(j, row.t!, value(), keys);
+        if (v !== undefined) index.set(j, v);
+      });
+    };
     actions.forEach((a, i) => {
-      if (a.kind !== 'work') return;
       const c = this.t.columns[i]!;
       const stored = classify(c.state, row[`v${i}`]);
       const kr = this.keyring;
+      if (a.kind === 'count' && this.op === 'encrypt') {
+        // A ciphertext left as it is: its missing index values, from the decrypted value.
+        if (
+          stored.kind !== 'envelope' ||
+          (a.counter !== 'alreadyDone' && a.counter !== 'stale') ||
+          !this.#missingIndex(row, i)
+        )
+          return;
+        const entry = a.counter === 'alreadyDone' ? keys.active.get(row.t!) : keys.old.get(stored.dekId);
+        if (entry === undefined || entry.evicted || entry.id !== stored.dekId || entry.tenantId !== row.t)
+          return;
+        let plaintext: Buffer;
+        try {
+          plaintext = open(kr.fieldKey(entry, c.state.context), stored.env);
+        } catch {
+          return; // left without an index value: the tenant's index is not marked built
+        }
+        indexes(i, () => c.state.codec.decode(plaintext), true);
+        return;
+      }
+      if (a.kind !== 'work') return;
       if (this.op === 'encrypt') {
         const active = keys.active.get(row.t!)!;
         let plaintext: Uint8Array;
@@ -895,9 +1070,12 @@ class Backfill {
             return;
           }
           actions[i] = COUNT('reencrypted');
+          const pt = plaintext as Buffer;
+          indexes(i, () => c.state.codec.decode(pt), true);
         } else {
+          let value: unknown;
           try {
-            const value =
+            value =
               c.kind === 'in-place'
                 ? inPlacePlainValue(c.state, row[`v${i}`])
                 : sourceValue(c.state, row[`s${i}`] as string);
@@ -907,6 +1085,7 @@ class Backfill {
             return;
           }
           actions[i] = COUNT('written');
+          indexes(i, () => value, false);
         }
         out.set(i, { target: sealFor(kr, c.state, active, plaintext) });
         return;
@@ -927,7 +1106,7 @@ class Backfill {
           : { source: sourceText(c.state, value) },
       );
     });
-    return out;
+    return { cols: out, index };
   }
 
   #count(actions: readonly Action[]): void {
@@ -959,14 +1138,19 @@ class Backfill {
       for (const [i, cw] of w.writes) used.set(i, cw.source !== undefined ? 'source' : 'target');
     }
     const cols = [...used.keys()].sort((a, b) => a - b);
-    // The new values travel as one JSON text parameter (bytea as base64): ciphertext only when encrypting.
-    const records = [...writes.values()].map(({ row, writes: w }) => {
+    const idxUsed = new Set<number>();
+    for (const w of writes.values()) for (const j of w.index.keys()) idxUsed.add(j);
+    const idxCols = [...idxUsed].sort((a, b) => a - b);
+    // The new values travel as one JSON text parameter (bytea as base64): ciphertext and blind index
+    // values only when encrypting.
+    const records = [...writes.values()].map(({ row, writes: w, index }) => {
       const r: Record<string, string | number | null> = { k: row.k, x: row.x, n: w.size };
       for (const i of cols) {
         const cw = w.get(i);
         const v = cw === undefined ? undefined : (cw.source ?? cw.target);
         r[`c${i}`] = v === undefined ? null : typeof v === 'string' ? v : v.toString('base64');
       }
+      for (const j of idxCols) r[`i${j}`] = index.get(j)?.toString('base64') ?? null;
       return r;
     });
     const defs = [
@@ -974,6 +1158,7 @@ class Backfill {
       sql`x text`,
       sql`n int`,
       ...cols.map((i) => sql`${sql.identifier(`c${i}`)} text`),
+      ...idxCols.map((j) => sql`${sql.identifier(`i${j}`)} text`),
     ];
     const sets: SQL[] = [];
     for (const i of cols) {
@@ -984,11 +1169,21 @@ class Backfill {
           sql`${ident(c.source!)} = COALESCE(${v}::${sql.raw(c.sourceType!)}, t.${ident(c.source!)})`,
         );
         sets.push(sql`${ident(c.target)} = CASE WHEN ${v} IS NULL THEN t.${ident(c.target)} ELSE NULL END`);
+        // Rollback of a shadow pair clears the target, hence its blind indexes (the index of NULL is NULL).
+        for (const ix of this.indexes) {
+          if (ix.col !== i) continue;
+          const idx = ident(ix.state.name);
+          sets.push(sql`${idx} = CASE WHEN ${v} IS NULL THEN t.${idx} ELSE NULL END`);
+        }
       } else if (c.state.storage === 'text') {
         sets.push(sql`${ident(c.target)} = COALESCE(${v}, t.${ident(c.target)})`);
       } else {
         sets.push(sql`${ident(c.target)} = COALESCE(decode(${v}, 'base64'), t.${ident(c.target)})`);
       }
+    }
+    for (const j of idxCols) {
+      const idx = ident(this.indexes[j]!.state.name);
+      sets.push(sql`${idx} = COALESCE(decode(v.${sql.identifier(`i${j}`)}, 'base64'), t.${idx})`);
     }
     const key = ident(this.t.key);
     const keyType = sql.raw(this.t.keyType);
@@ -1146,6 +1341,7 @@ class Backfill {
       old: new Map(),
       failedTenants: new Set(),
       deadDeks: new Set(),
+      index: new Map(),
     };
     for (const tenant of tenants) {
       const id = active.get(tenant);
