@@ -888,7 +888,7 @@ function lookupTenant(index: BlindIndexState, scoped: string | null | undefined)
 function notBuilt(index: BlindIndexState, tenantId: string): EncryptedComparisonError {
   return new EncryptedComparisonError(
     `blind index ${index.label} is not built for tenant ${tenantId} yet (rows written before the index ` +
-      'existed have no index value): run backfillBlindIndex(...) first',
+      'existed have no index value): run runBackfill(...) over the column or backfillBlindIndex(...) first',
     { tenantId },
   );
 }
