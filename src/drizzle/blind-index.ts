@@ -12,7 +12,7 @@ import {
   StringChunk,
   Subquery,
   sql,
-  Table,
+  type Table,
   View,
 } from 'drizzle-orm';
 import { customType, getTableConfig, type PgColumn, type PgTable } from 'drizzle-orm/pg-core';
@@ -46,6 +46,7 @@ import {
 } from './blind-keys.ts';
 import { type EncryptedColumnState, encryptedState } from './columns.ts';
 import { scopeStorage } from './scope.ts';
+import { nestedSql } from './sql-walk.ts';
 
 /**
  * Blind indexes: equality search on encrypted columns.
@@ -746,23 +747,9 @@ export function rewriteBlindLookups(root: SQL, tenantColumn: string | undefined)
       if (c === null || typeof c !== 'object' || c instanceof StringChunk) continue;
       if (is(c, SQL)) visitSql(c as SQL);
       else if (Array.isArray(c)) visit(c);
-      else if (
-        is(c, Param) ||
-        is(c, Placeholder) ||
-        is(c, Column) ||
-        is(c, Name) ||
-        is(c, Table) ||
-        is(c, View)
-      ) {
-        // leaves
-      } else if (is(c, Subquery)) {
-        const sq = c as unknown as { _: { sql: SQL; isWith?: boolean } };
-        if (!sq._.isWith) visitSql(sq._.sql);
-      } else if (is(c, SQL.Aliased)) {
-        visitSql((c as unknown as { sql: SQL }).sql);
-      } else if (isSQLWrapper(c)) {
-        const inner = c.getSQL();
-        if (!inner.queryChunks.includes(c)) visitSql(inner);
+      else {
+        const inner = nestedSql(c);
+        if (inner !== undefined) visitSql(inner);
       }
     }
   };

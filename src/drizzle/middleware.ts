@@ -32,6 +32,7 @@ import {
 } from './columns.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
 import { scopeStorage } from './scope.ts';
+import { nestedSql } from './sql-walk.ts';
 
 export interface WithEncryptionOptions {
   /**
@@ -154,17 +155,9 @@ function inspectChunks(
     } else if (is(c, Column)) {
       const state = encryptedState(c);
       if (state !== undefined) refuseComparison(chunks, i, state);
-    } else if (is(c, Param) || is(c, Placeholder) || is(c, Name) || is(c, Table) || is(c, View)) {
-      // leaves
-    } else if (is(c, Subquery)) {
-      const sq = c as unknown as { _: { sql: SQL; isWith?: boolean } };
-      if (!sq._.isWith) inspectChunks([sq._.sql], ctx, tenantColumn);
-    } else if (is(c, SQL.Aliased)) {
-      inspectChunks([(c as unknown as { sql: SQL }).sql], ctx, tenantColumn);
-    } else if (isSQLWrapper(c)) {
-      // Query builders used as subqueries, relational query parts...
-      const inner = c.getSQL();
-      if (!inner.queryChunks.includes(c)) inspectChunks([inner], ctx, tenantColumn);
+    } else {
+      const inner = nestedSql(c);
+      if (inner !== undefined) inspectChunks([inner], ctx, tenantColumn);
     }
   }
 }

@@ -1,0 +1,23 @@
+import { Column, is, isSQLWrapper, Name, Param, Placeholder, SQL, Subquery, Table, View } from 'drizzle-orm';
+
+/**
+ * The SQL tree a chunk is rendered from, when Drizzle renders it by rendering another tree: a
+ * subquery, an aliased SQL expression, a query builder used as a value. Undefined for leaves
+ * (columns, params, placeholders, names, tables, views, `with` references). SQL nodes and arrays
+ * are walked directly by the callers. Shared by every walk over a query before it is built.
+ */
+export function nestedSql(c: object): SQL | undefined {
+  if (is(c, Column) || is(c, Param) || is(c, Placeholder) || is(c, Name) || is(c, Table) || is(c, View)) {
+    return undefined;
+  }
+  if (is(c, Subquery)) {
+    const sq = c as unknown as { _: { sql: SQL; isWith?: boolean } };
+    return sq._.isWith ? undefined : sq._.sql;
+  }
+  if (is(c, SQL.Aliased)) return (c as unknown as { sql: SQL }).sql;
+  if (isSQLWrapper(c)) {
+    const inner = c.getSQL();
+    return inner.queryChunks.includes(c) ? undefined : inner;
+  }
+  return undefined;
+}
