@@ -196,6 +196,29 @@ export class Keyring {
     return { ...this.#stats, cachedKeys: this.cache.size };
   }
 
+  /** Key references of the configured previous platform KEKs. */
+  get previousPlatformKeyRefs(): string[] {
+    return [...this.#previousPlatform.keys()];
+  }
+
+  /** The platform KEK (current or previous) with this key reference, if configured. */
+  platformKekFor(keyRef: string): Kek | undefined {
+    return keyRef === this.platformKek.keyRef ? this.platformKek : this.#previousPlatform.get(keyRef);
+  }
+
+  /**
+   * After replacing the platform key (new `platformKek`, old one in `previousPlatformKeks`):
+   * re-wraps every data key still wrapped under an old platform key, and re-seals KEK secrets
+   * sealed under one. Data is not re-encrypted. Resumable: run it again after an interruption.
+   * `remaining` counts what is still under a platform key this instance does not know: when it is 0,
+   * the old platform keys can be removed from the configuration.
+   */
+  rewrapPlatform(options?: {
+    batchSize?: number;
+  }): Promise<{ dataKeys: number; secrets: number; remaining: number }> {
+    return lifecycle.rewrapPlatform(this, options);
+  }
+
   /** Whether a KEK kind can be rebuilt from stored configuration on this keyring. */
   hasFactory(kind: string): boolean {
     return this.#factories[kind] !== undefined;

@@ -660,3 +660,100 @@ export async function checkHealth(
     return Promise.all(tenants.map((t) => status(keyring, t)));
   });
 }
+
+/**
+ * Re-wraps data keys and re-seals KEK secrets still under an older platform key (see
+ * `Keyring.rewrapPlatform`). Each data key is switched in a transaction under its tenant's lock:
+ * the new wrap is written before the old one is deleted, so a crash leaves the key unwrappable.
+ */
+export async function rewrapPlatform(
+  keyring: Keyring,
+  options: { batchSize?: number } = {},
+): Promise<{ dataKeys: number; secrets: number; remaining: number }> {
+  const current = keyring.platformKek.keyRef;
+  const previous = keyring.previousPlatformKeyRefs;
+  const batch = options.batchSize ?? 100;
+  return scopeStorage.exit(async () => {
+    const db = keyring.db;
+    let dataKeys = 0;
+    for (;;) {
+      if (previous.length === 0) break;
+      const wraps = await db
+        .select({
+          dekId: byokDekWraps.dekId,
+          kekRef: byokDekWraps.kekRef,
+          wrapped: byokDekWraps.wrapped,
+          tenantId: byokDeks.tenantId,
+        })
+        .from(byokDekWraps)
+        .innerJoin(byokDeks, eq(byokDeks.id, byokDekWraps.dekId))
+        .where(and(isNull(byokDekWraps.kekId), inArray(byokDekWraps.kekRef, previous)))
+        .limit(batch);
+      if (wraps.length === 0) break;
+      for (const w of wraps) {
+        const old = keyring.platformKekFor(w.kekRef);
+        if (old === undefined) {
+          throw new ByokConfigError(
+            `data key ${w.dekId} of tenant ${w.tenantId} is wrapped under platform key ${w.kekRef}: add it to previousPlatformKeks`,
+            { tenantId: w.tenantId },
+          );
+        }
+        const context = { tenantId: w.tenantId, dekId: w.dekId };
+        const raw = Buffer.from(
+          await keyring.timedKms('unwrap', old, w.tenantId, () => old.unwrap(w.wrapped, context)),
+        );
+        try {
+          const wrapped = Buffer.from(
+            await keyring.timedKms('wrap', keyring.platformKek, w.tenantId, () =>
+              keyring.platformKek.wrap(raw, context),
+            ),
+          );
+          await db.transaction(async (tx) => {
+            await lockTenant(tx, w.tenantId, 30_000);
+            await tx
+              .insert(byokDekWraps)
+              .values({ dekId: w.dekId, kekId: null, kekRef: current, wrapped })
+              .onConflictDoUpdate({ target: [byokDekWraps.dekId, byokDekWraps.kekRef], set: { wrapped } });
+            await tx
+              .delete(byokDekWraps)
+              .where(and(eq(byokDekWraps.dekId, w.dekId), eq(byokDekWraps.kekRef, w.kekRef)));
+          });
+        } finally {
+          raw.fill(0);
+        }
+        dataKeys++;
+      }
+    }
+    const sealed =
+      previous.length === 0
+        ? []
+        : await db
+            .select()
+            .from(byokKeks)
+            .where(and(sql`${byokKeks.secret} is not null`, inArray(byokKeks.secretKeyRef, previous)));
+    for (const k of sealed) {
+      const secret = await keyring.openSecret(k.tenantId, k.id, k);
+      const resealed = await keyring.sealSecret(k.tenantId, k.id, secret);
+      await db.update(byokKeks).set(resealed).where(eq(byokKeks.id, k.id));
+    }
+    const [left] = (await rows(
+      db.execute(
+        sql`select (select count(*) from byok.dek_wraps where kek_id is null and kek_ref <> ${current})
+                 + (select count(*) from byok.keks where secret is not null and secret_key_ref <> ${current}) as n`,
+      ),
+    )) as { n: string | number }[];
+    const remaining = Number(left?.n ?? 0);
+    const detail = { dataKeys, secrets: sealed.length, remaining };
+    keyring.emit({
+      type: 'lifecycle',
+      operation: 'rewrap-platform',
+      tenantId: '*',
+      keyRef: current,
+      outcome: 'ok',
+      latencyMs: 0,
+      detail,
+    });
+    await keyring.audit({ operation: 'rewrap-platform', keyRef: current, outcome: 'ok', detail });
+    return { dataKeys, secrets: sealed.length, remaining };
+  });
+}
