@@ -4,16 +4,13 @@ import {
   eq,
   inArray,
   is,
-  isSQLWrapper,
   Name,
   Param,
   Placeholder,
   SQL,
   StringChunk,
-  Subquery,
   sql,
   type Table,
-  View,
 } from 'drizzle-orm';
 import { customType, getTableConfig, type PgColumn, type PgTable } from 'drizzle-orm/pg-core';
 import {

@@ -1,16 +1,4 @@
-import {
-  Column,
-  is,
-  isSQLWrapper,
-  Name,
-  Param,
-  Placeholder,
-  SQL,
-  StringChunk,
-  Subquery,
-  Table,
-  View,
-} from 'drizzle-orm';
+import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
 import { ByokConfigError, EncryptedComparisonError, TenantMismatchError } from '../errors.ts';
 import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import {
