@@ -729,7 +729,12 @@ export class Keyring {
           : this.cache.uncached(row.id, idBytes, row.tenantId, row.version, rawBuf);
       } catch (e) {
         errors.push(e);
-        if (isRevocation(e)) this.#onRevocation(row.tenantId, kek.keyRef, e);
+        if (isRevocation(e)) {
+          // Record it before the query fails, so the tenant's status already shows it. Inside a
+          // transaction on a single-connection database the store is busy: record it afterwards.
+          if (cacheIt) await this.reportRevocation(row.tenantId, kek.keyRef, e);
+          else void this.reportRevocation(row.tenantId, kek.keyRef, e);
+        }
         // Fail over to another KEK only when this one is unreachable; an explicit refusal stands.
         if (!(isByokError(e) && FAILOVER_CODES.has(e.code))) throw e;
       }
@@ -738,10 +743,6 @@ export class Keyring {
     throw last instanceof Error
       ? last
       : new KmsUnavailableError('no KEK could unwrap the data key', { tenantId: row.tenantId });
-  }
-
-  #onRevocation(tenantId: string, keyRef: string, e: ByokError): void {
-    void this.reportRevocation(tenantId, keyRef, e);
   }
 
   /** @internal Runs a KMS call, emitting a `kms` event (and an OpenTelemetry span when available). */
