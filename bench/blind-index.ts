@@ -25,7 +25,9 @@ import {
   markdownTable,
   median,
   printSectionHeader,
+  redactUrl,
   type Section,
+  serverVersion,
 } from './lib.ts';
 
 const TABLE = 'byok_bench_blind';
@@ -256,21 +258,6 @@ async function run(ctx: BenchContext): Promise<void> {
     await client.unsafe(`drop table if exists ${TABLE}`).catch(() => undefined);
     await client`delete from byok.tenants where tenant_id like ${`bench-bi-${RUN}-%`}`.catch(() => undefined);
     await client.end({ timeout: 5 });
-  }
-}
-
-async function serverVersion(client: postgres.Sql): Promise<string> {
-  const [r] = await client`show server_version`;
-  return String(r?.server_version ?? '?').split(' ')[0] ?? '?';
-}
-
-function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password !== '') u.password = '***';
-    return u.toString();
-  } catch {
-    return '(DATABASE_URL)';
   }
 }
 

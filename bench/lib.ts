@@ -1,3 +1,4 @@
+import type postgres from 'postgres';
 import { cpus } from 'node:os';
 import { Bench, type FnReturnedObject } from 'tinybench';
 
@@ -146,3 +147,20 @@ export async function measureRounds(
 
 /** Keeps results observable so the optimizer cannot drop the work. */
 export const sink: { value: unknown } = { value: undefined };
+
+/** PostgreSQL server version, for section headers. */
+export async function serverVersion(client: postgres.Sql): Promise<string> {
+  const [r] = await client`show server_version`;
+  return String(r?.server_version ?? '?').split(' ')[0] ?? '?';
+}
+
+/** A database URL without its password, for printing. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== '') u.password = '***';
+    return u.toString();
+  } catch {
+    return '(DATABASE_URL)';
+  }
+}

@@ -25,7 +25,9 @@ import {
   median,
   pairedRatio,
   printSectionHeader,
+  redactUrl,
   type Section,
+  serverVersion,
 } from './lib.ts';
 
 const ROWS = 10_000;
@@ -297,21 +299,6 @@ async function run(ctx: BenchContext): Promise<void> {
       .catch(() => undefined);
     await client`delete from byok.tenants where tenant_id = ${TENANT}`.catch(() => undefined);
     await client.end({ timeout: 5 });
-  }
-}
-
-async function serverVersion(client: postgres.Sql): Promise<string> {
-  const [r] = await client`show server_version`;
-  return String(r?.server_version ?? '?').split(' ')[0] ?? '?';
-}
-
-function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password !== '') u.password = '***';
-    return u.toString();
-  } catch {
-    return '(DATABASE_URL)';
   }
 }
 
