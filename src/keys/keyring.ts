@@ -270,12 +270,7 @@ export class Keyring {
     }
     this.emit({ type: 'cache', outcome: 'miss', dekId: id });
     if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { id });
-    let p = this.#inflightDek.get(id);
-    if (p === undefined) {
-      p = this.#dekLoader.load(id).finally(() => this.#inflightDek.delete(id));
-      this.#inflightDek.set(id, p);
-    }
-    return p;
+    return shareInFlight(this.#inflightDek, id, () => this.#dekLoader.load(id));
   }
 
   /**
@@ -325,12 +320,7 @@ export class Keyring {
     }
     this.emit({ type: 'cache', outcome: 'miss', tenantId, dekId: 'active' });
     if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { tenantId });
-    let p = this.#inflightActive.get(tenantId);
-    if (p === undefined) {
-      p = this.#activeLoader.load(tenantId).finally(() => this.#inflightActive.delete(tenantId));
-      this.#inflightActive.set(tenantId, p);
-    }
-    return p;
+    return shareInFlight(this.#inflightActive, tenantId, () => this.#activeLoader.load(tenantId));
   }
 
   /** Drops a tenant's cached keys on this instance. */
@@ -1074,6 +1064,20 @@ export function assertKek(kek: unknown, what: string): asserts kek is Kek {
   ) {
     throw new ByokConfigError(`${what} must be a KEK (localKek(...), awsKms(...) or gcpKms(...))`);
   }
+}
+
+/** Concurrent callers of one cold key share one load (across ticks, unlike a DataLoader batch). */
+function shareInFlight<T>(
+  inflight: Map<string, Promise<T>>,
+  key: string,
+  load: () => Promise<T>,
+): Promise<T> {
+  let p = inflight.get(key);
+  if (p === undefined) {
+    p = load().finally(() => inflight.delete(key));
+    inflight.set(key, p);
+  }
+  return p;
 }
 
 /** PGlite (one connection): detected from the Drizzle instance's client. */
