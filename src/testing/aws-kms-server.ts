@@ -1397,16 +1397,10 @@ class LocalAwsKms {
     return { principal: cred.principal, region: auth.region };
   }
 
-  // ----- KMS -----
-
-  private async handleKms(
-    req: IncomingMessage,
-    res: ServerResponse,
-    operation: string,
-    body: Buffer,
-  ): Promise<void> {
-    const rec: MutableCallRecord = {
-      service: 'kms',
+  /** A call record before authentication: filled in as the request is understood. */
+  private newCallRecord(service: 'kms' | 'sts', operation: string): MutableCallRecord {
+    return {
+      service,
       operation,
       region: this.defaultRegion,
       principal: undefined,
@@ -1416,6 +1410,17 @@ class LocalAwsKms {
       status: 0,
       error: undefined,
     };
+  }
+
+  // ----- KMS -----
+
+  private async handleKms(
+    req: IncomingMessage,
+    res: ServerResponse,
+    operation: string,
+    body: Buffer,
+  ): Promise<void> {
+    const rec = this.newCallRecord('kms', operation);
     let counted = false;
     try {
       let input: Json;
@@ -1943,17 +1948,7 @@ class LocalAwsKms {
   private async handleSts(req: IncomingMessage, res: ServerResponse, body: Buffer): Promise<void> {
     const params = new URLSearchParams(body.toString('utf8'));
     const operation = params.get('Action') ?? '';
-    const rec: MutableCallRecord = {
-      service: 'sts',
-      operation,
-      region: this.defaultRegion,
-      principal: undefined,
-      roleArn: undefined,
-      keyArn: undefined,
-      encryptionContext: undefined,
-      status: 0,
-      error: undefined,
-    };
+    const rec = this.newCallRecord('sts', operation);
     let counted = false;
     try {
       let principal: Principal | undefined;
