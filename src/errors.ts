@@ -56,6 +56,33 @@ export class EncryptedComparisonError extends ByokError {
   static override code = 'ERR_BYOK_ENCRYPTED_COMPARISON';
 }
 
+/**
+ * An encrypted (or blind index) column appeared in a query where its meaning is not preserved: in a
+ * comparison, a function, a cast, an `sql` template, `order by`, `group by`, `distinct`, a join
+ * condition, a set operation, or as a write target of anything but a value encoded by that column.
+ * Thrown while the query is built, before anything is sent. The same code as
+ * `EncryptedComparisonError` (it is one): `column` names the column (`table.column`) and
+ * `construct` the place it was found. See docs/security.md for the allowlist.
+ */
+export class EncryptedColumnUsageError extends EncryptedComparisonError {
+  /** The encrypted or blind index column, `table.column`. */
+  readonly column: string;
+  /** Where in the query it was found (`where`, `order by`, `an update set value`, ...). */
+  readonly construct: string;
+  constructor(column: string, construct: string, hint?: string) {
+    super(
+      `encrypted column ${column} cannot be used in ${construct}: its ciphertext is randomized and ` +
+        'opaque to SQL, so the query would compare, transform or copy ciphertext (or send a value in ' +
+        'plaintext). ' +
+        (hint ??
+          'Allowed: select it, isNull/isNotNull, write a value; use a blind index for equality, ' +
+            'reencrypt() to move values, rawCiphertext() for backups.'),
+    );
+    this.column = column;
+    this.construct = construct;
+  }
+}
+
 /** An encrypted column was used through a Drizzle instance that `withEncryption` did not wrap. */
 export class NotWrappedError extends ByokError {
   static override code = 'ERR_BYOK_NOT_WRAPPED';

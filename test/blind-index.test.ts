@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { inspect } from 'node:util';
 import { PGlite } from '@electric-sql/pglite';
-import { and, eq, inArray, like, ne, sql } from 'drizzle-orm';
+import { and, eq, inArray, isNull, like, ne, sql } from 'drizzle-orm';
 import { alias } from 'drizzle-orm/pg-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -280,14 +280,23 @@ describe.each(DRIVERS)('blind indexes on %s', (driver) => {
     expect(await find('three@x.io')).toEqual([many[1]]);
     expect(await rawValue(e, 'users', 'email_idx', many[2].id)).toBeNull();
     expect(await rawValue(e, 'users', 'email_idx', many[3].id)).toBeNull();
-    expect(
-      await withTenant(T, () =>
+    // `= null` matches nothing: refused like any other comparison (isNull is the allowed form)
+    await expect(
+      withTenant(T, () =>
         e.db
           .select({ id: u.id })
           .from(u)
           .where(eq(u.email, null as never)),
       ),
-    ).toEqual([]);
+    ).rejects.toThrow(EncryptedComparisonError);
+    expect(
+      await withTenant(T, () =>
+        e.db
+          .select({ id: u.id })
+          .from(u)
+          .where(and(eq(u.tenantId, T), isNull(u.email))),
+      ),
+    ).toHaveLength(2);
 
     // update of the source column rewrites the index; an update of other columns leaves it alone
     await withTenant(T, () => e.db.update(u).set({ email: 'One-Changed@x.io' }).where(eq(u.id, p.id)));
@@ -460,7 +469,7 @@ describe.each(DRIVERS)('blind indexes on %s', (driver) => {
           .update(u)
           .set({ email: sql`${secret}` })
           .where(eq(u.tenantId, T)),
-        ByokConfigError,
+        EncryptedComparisonError,
       );
       await refused(
         () => e.db.insert(u).select(e.db.select().from(u).where(eq(u.tenantId, 'nobody'))),

@@ -222,7 +222,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
             with: {
               notes: {
                 orderBy: (n: typeof e.s.notes, { asc }: { asc: typeof import('drizzle-orm').asc }) => [
-                  asc(n.body),
+                  asc(n.id),
                 ],
               },
             },

@@ -43,7 +43,7 @@ import {
 } from './blind-keys.ts';
 import { type EncryptedColumnState, encryptedState } from './columns.ts';
 import { scopeStorage } from './scope.ts';
-import { nestedSql } from './sql-walk.ts';
+import { nestedSql, trustSql, untrustSql } from './sql-walk.ts';
 
 /**
  * Blind indexes: equality search on encrypted columns.
@@ -700,6 +700,22 @@ function emptyChunk(c: unknown): boolean {
 
 /** The replacement chunks of an `eq`/`inArray` SQL node on an indexed column, or undefined. */
 function rewriteNode(chunks: readonly unknown[], tenantColumn: string | undefined): unknown[] | undefined {
+  const shape = lookupShape(chunks, tenantColumn);
+  return shape === undefined ? undefined : lookupChunks(shape.target, shape.values, tenantColumn, false);
+}
+
+/**
+ * Whether an SQL node's chunks are a lookup the blind index rewrite turns into an index lookup
+ * (`eq`/`inArray` of an indexed column with plain values or placeholders). The guard allows these.
+ */
+export function isBlindLookup(chunks: readonly unknown[]): boolean {
+  return lookupShape(chunks, undefined) !== undefined;
+}
+
+function lookupShape(
+  chunks: readonly unknown[],
+  tenantColumn: string | undefined,
+): { target: LookupTarget; values: LookupValue[] } | undefined {
   if (chunks.length !== 5) return undefined;
   const [a, col, op, rhs, b] = chunks;
   if (!emptyChunk(a) || !emptyChunk(b) || !(op instanceof StringChunk) || !is(col, Column)) return undefined;
@@ -717,7 +733,7 @@ function rewriteNode(chunks: readonly unknown[], tenantColumn: string | undefine
   if (text === ' = ' && values.length === 0) return undefined;
   const target = lookupTarget(col as Column, tenantColumn);
   if (target === undefined) return undefined;
-  return lookupChunks(target, values, tenantColumn, false);
+  return { target, values };
 }
 
 /**
@@ -735,6 +751,9 @@ export function rewriteBlindLookups(root: SQL, tenantColumn: string | undefined)
     if (replaced !== undefined) {
       undo.push([s, s.queryChunks]);
       (s as { queryChunks: unknown[] }).queryChunks = replaced;
+      // Builders nested in the tree are built again while the query string is made: the guard
+      // must recognize the rewritten node as the library's own lookup until it is restored.
+      trustSql(s);
       return;
     }
     visit(s.queryChunks);
@@ -763,6 +782,7 @@ function restore(undo: [SQL, unknown[]][]): void {
   for (let i = undo.length - 1; i >= 0; i--) {
     const [s, chunks] = undo[i]!;
     (s as { queryChunks: unknown[] }).queryChunks = chunks;
+    untrustSql(s);
   }
   undo.length = 0;
 }
@@ -1034,14 +1054,14 @@ export async function findByBlindIndex<T extends PgTable>(
     );
   }
   const items = (Array.isArray(value) ? value : [value]).filter((v) => v !== null && v !== undefined);
-  const cond = new SQL(
+  const cond = trustSql(new SQL(
     lookupChunks(
       target,
       items.map((v) => ({ value: v })),
       tenantColumn,
       true,
     ) as never,
-  );
+  ));
   const rows = (await (db
     .select()
     .from(table as PgTable)

@@ -8,6 +8,7 @@ import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import { type BlindIndexState, blindState, indexInput, rowsOf, wrappedWith } from './blind-index.ts';
 import { type IndexKeyState, type IndexVersion, registryFor, store } from './blind-keys.ts';
 import { byokBlindIndexKeys } from './blind-schema.ts';
+import { rawCiphertext } from './guard.ts';
 
 /**
  * Maintenance of blind indexes, per tenant: backfill (index rows written before the index existed:
@@ -165,7 +166,7 @@ async function reindexPass(
         .select({
           k: sql<string>`${r.keyCol}::text`,
           v: r.sourceCol,
-          raw: sql<unknown>`${r.sourceCol}`,
+          raw: rawCiphertext(r.sourceCol) as SQL<unknown>,
           idx: r.indexCol,
         })
         .from(r.table)

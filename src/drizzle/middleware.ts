@@ -1,5 +1,5 @@
 import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
-import { ByokConfigError, EncryptedComparisonError, TenantMismatchError } from '../errors.ts';
+import { ByokConfigError, TenantMismatchError } from '../errors.ts';
 import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import {
   instrumentBlindWrites,
@@ -11,13 +11,13 @@ import {
 import {
   type BuildContext,
   checkReadTenant,
-  type EncryptedColumnState,
   encryptedState,
   inBuildContext,
   openFor,
   type QueryContext,
   sealFor,
 } from './columns.ts';
+import { guardSql, installGuard } from './guard.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
 import { scopeStorage } from './scope.ts';
 import { nestedSql } from './sql-walk.ts';
@@ -108,7 +108,8 @@ function instrumentDialect(
   const original = dialect.sqlToQuery;
   dialect.sqlToQuery = function (this: unknown, sqlObj: SQL, invokeSource?: unknown): Query {
     const ctx: BuildContext = { keyring, rowTenants: [], cursor: 0 };
-    // Blind index lookups first (eq/inArray on indexed columns), then the fail-closed inspection.
+    // The fail-closed guard (allowlist, src/drizzle/guard.ts) first, then blind index lookups.
+    guardSql(sqlObj);
     const restore = rewriteBlindLookups(sqlObj, tenantColumn);
     try {
       inspectChunks(sqlObj.queryChunks, ctx, tenantColumn);
@@ -118,14 +119,11 @@ function instrumentDialect(
     }
   };
   instrumentBlindWrites(dialect, keyring, tenantColumn);
+  installGuard(dialect, tenantColumn);
   Object.defineProperty(dialect, WRAPPED, { value: keyring });
 }
 
-/**
- * Walks the SQL tree once: refuses an encrypted column compared with a plain value or a raw
- * placeholder (randomized ciphertext never matches, and the value would reach the database as
- * plaintext), and records each inserted row's tenant when a tenant column is configured.
- */
+/** Walks the SQL tree once: records each inserted row's tenant when a tenant column is configured. */
 function inspectChunks(
   chunks: readonly unknown[],
   ctx: BuildContext,
@@ -140,41 +138,9 @@ function inspectChunks(
     } else if (Array.isArray(c)) {
       if (tenantColumn !== undefined) collectRowTenant(c, ctx, tenantColumn);
       inspectChunks(c, ctx, tenantColumn);
-    } else if (is(c, Column)) {
-      const state = encryptedState(c);
-      if (state !== undefined) refuseComparison(chunks, i, state);
-    } else {
+    } else if (!is(c, Column)) {
       const inner = nestedSql(c);
       if (inner !== undefined) inspectChunks([inner], ctx, tenantColumn);
-    }
-  }
-}
-
-function isValueChunk(c: unknown): boolean {
-  if (c === null || c === undefined) return false;
-  if (typeof c !== 'object') return true;
-  if (Array.isArray(c)) return c.some(isValueChunk);
-  if (is(c, Param)) return (c as Param).value !== null;
-  if (is(c, Placeholder)) return true;
-  if (c instanceof Date || c instanceof Uint8Array) return true;
-  return false;
-}
-
-function refuseComparison(chunks: readonly unknown[], at: number, state: EncryptedColumnState): void {
-  for (const dir of [1, -1]) {
-    let text = '';
-    let j = at + dir;
-    while (j >= 0 && j < chunks.length && chunks[j] instanceof StringChunk) {
-      text += (chunks[j] as StringChunk).value.join('');
-      j += dir;
-    }
-    if (j < 0 || j >= chunks.length || text.replace(/[\s(),]/g, '') === '') continue;
-    if (isValueChunk(chunks[j])) {
-      throw new EncryptedComparisonError(
-        `encrypted column ${state.label} cannot be compared with a plain value or a placeholder: ` +
-          'its ciphertext is randomized and the value would be sent to the database in plaintext. ' +
-          'Filter on another column, or use a blind index for equality search.',
-      );
     }
   }
 }

@@ -21,3 +21,23 @@ export function nestedSql(c: object): SQL | undefined {
   }
   return undefined;
 }
+
+const trusted = new WeakSet<object>();
+
+/**
+ * Marks an SQL node the library built itself (a blind index lookup, a vetted `set` list) as allowed
+ * where the guard would otherwise refuse an encrypted or blind index column. Returns the node.
+ */
+export function trustSql<T extends object>(node: T): T {
+  trusted.add(node);
+  return node;
+}
+
+export function isTrustedSql(node: object): boolean {
+  return trusted.has(node);
+}
+
+/** Drops the mark of `trustSql` (a rewrite undone). */
+export function untrustSql(node: object): void {
+  trusted.delete(node);
+}
