@@ -21,6 +21,7 @@ import { deriveFieldKey, open, seal } from '../src/crypto/aead.ts';
 import { uuidToBytes } from '../src/crypto/envelope.ts';
 import { type BuildContext, inBuildContext, type QueryContext } from '../src/drizzle/columns.ts';
 import { scopeStorage } from '../src/drizzle/scope.ts';
+import { keysOf } from '../src/keys/keyring.ts';
 import { createKeyring, encrypted, localKek } from '../src/index.ts';
 import {
   type BenchContext,
@@ -103,7 +104,7 @@ async function run(ctx: BenchContext): Promise<void> {
     platformKek: localKek({ key: randomBytes(32) }),
     cache: { maxAgeMs: 3_600_000 },
   });
-  keyring.cache.put(dekId, uuidToBytes(dekId), TENANT, 1, Buffer.from(dek), true);
+  keysOf(keyring).cache.put(dekId, uuidToBytes(dekId), TENANT, 1, Buffer.from(dek), true);
   const build: BuildContext = { keyring, rowTenants: [], cursor: 0 };
   const query: QueryContext = { keyring, tenantId: TENANT, scoped: true, pending: [], now: Date.now() };
   const column = patients.name;

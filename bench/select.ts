@@ -13,8 +13,10 @@ import { createDecipheriv, type KeyObject, randomBytes } from 'node:crypto';
 import { customType, integer, pgTable, text } from 'drizzle-orm/pg-core';
 import { drizzle } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
-import { deriveFieldKey } from '../src/crypto/aead.ts';
+import { deriveFieldKey, keyOf } from '../src/crypto/aead.ts';
 import { HEADER_BYTES, IV_BYTES, IV_OFFSET, TAG_BYTES } from '../src/crypto/envelope.ts';
+import { dekMaterial } from '../src/keys/cache.ts';
+import { keysOf } from '../src/keys/keyring.ts';
 import { createKeyring, encrypted, localKek, withEncryption } from '../src/index.ts';
 import {
   type BenchContext,
@@ -139,10 +141,10 @@ async function run(ctx: BenchContext): Promise<void> {
     await client.unsafe(`vacuum analyze ${PLAIN_TABLE}`);
 
     // The baseline's keys: the same field subkeys, derived once from the tenant's data key.
-    const entry = await keyring.getActiveDek(TENANT);
+    const entry = await keysOf(keyring).getActiveDek(TENANT);
     const bareKeys = (['a', 'b', 'c'] as const).map((col) => {
-      const fk = deriveFieldKey(entry.raw, entry.idBytes, TENANT, `public.${ENC_TABLE}.${col}`);
-      return { key: fk.key, aad: fk.aad } satisfies BareKey;
+      const fk = deriveFieldKey(dekMaterial(entry).raw, entry.idBytes, TENANT, `public.${ENC_TABLE}.${col}`);
+      return { key: keyOf(fk), aad: fk.aad } satisfies BareKey;
     });
     const [ka, kb, kc] = bareKeys as [BareKey, BareKey, BareKey];
 
@@ -165,7 +167,7 @@ async function run(ctx: BenchContext): Promise<void> {
     sameRows(await selectPlain(), data, 'plaintext select');
     sameRows(decryptAll(await selectRaw()), data, 'bytea select + bare decrypt');
     sameRows(await selectEnc(), data, 'withEncryption select (warm)');
-    keyring.cache.clear();
+    keyring.clearCache();
     sameRows(await selectEnc(), data, 'withEncryption select (cold)');
 
     type Sample = Record<string, number>;
@@ -202,7 +204,7 @@ async function run(ctx: BenchContext): Promise<void> {
       {
         id: 'cold',
         fn: async (s) => {
-          keyring.cache.clear();
+          keyring.clearCache();
           const t0 = performance.now();
           await selectEnc();
           s.cold = performance.now() - t0;
@@ -224,7 +226,7 @@ async function run(ctx: BenchContext): Promise<void> {
       const shift = round % variants.length;
       for (const v of [...variants.slice(shift), ...variants.slice(0, shift)]) {
         // 'cold' clears the cache: give 'warm' its key back before it runs (not timed).
-        if (v.id === 'warm' && keyring.cache.size === 0) await selectEnc();
+        if (v.id === 'warm' && keyring.stats().cachedKeys === 0) await selectEnc();
         await v.fn(s);
       }
       if (round >= warmups) samples.push(s);

@@ -121,7 +121,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     for (const shown of [JSON.stringify(st), stored, JSON.stringify(events)])
       expect(shown).not.toContain(user.secretAccessKey);
     // a fresh instance rebuilds the KEK from the store (secrets decrypted with the platform key) and reads
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     aws.counters.reset();
     expect(await read(T)).toEqual([{ n: 'before byok' }, { n: 'second version' }]);
     expect(aws.counters.operation('Decrypt')).toBe(2);
@@ -235,7 +235,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
         },
       }),
     );
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     aws.counters.reset();
     expect(await read(T)).toEqual([{ n: 'via role' }]);
     expect(aws.counters.operation('AssumeRole')).toBeGreaterThanOrEqual(1);
@@ -256,7 +256,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
       W,
       kekFor(key.arn, { auth: { type: 'web-identity', roleArn: oidcRole.arn, tokenFile } }),
     );
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     aws.counters.reset();
     expect(await read(W)).toEqual([{ n: 'via web identity' }]);
     expect(aws.counters.operation('AssumeRoleWithWebIdentity')).toBeGreaterThanOrEqual(1);
@@ -273,7 +273,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     expect(st.keks.map((k) => k.keyRef)).toEqual([k2.arn]);
     expect(st.dekVersions.every((v) => v.wrappedUnder.join() === k2.arn)).toBe(true);
     aws.setKeyState(k1.arn, 'Disabled');
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     expect(await read(T)).toEqual([{ n: 'rotated' }]);
     const retired = await e.tdb.raw<{ state: string; secret: unknown }>(
       `select state, secret from byok.keks where tenant_id = $1 and key_ref = $2`,
@@ -346,7 +346,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     expect(st.keks).toEqual([]);
     expect(st.dekVersions[0]!.wrappedUnder).toEqual([e.kek.keyRef]);
     aws.setKeyState(key.arn, 'Disabled');
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     expect(await read(T)).toEqual([{ n: 'back home' }]);
   });
 
@@ -366,7 +366,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
       [T],
     );
     expect(new Set(envs.map((r) => r.d)).size).toBe(2);
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     expect(await read(T)).toEqual([{ n: 'v1 row' }, { n: 'v2 row' }]);
   });
 
@@ -400,7 +400,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     const key = aws.createKey();
     await write(T, 'patient');
     await e.keyring.enableByok(T, kekFor(key.arn));
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     aws.counters.reset();
     aws.faults.throttle(2, { operation: 'Decrypt' });
     expect(await read(T)).toEqual([{ n: 'patient' }]);
@@ -415,7 +415,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     await write(H, 'hung tenant');
     await write(P, 'platform tenant');
     await e.keyring.enableByok(H, kekFor(key.arn, { timeoutMs: 400, maxAttempts: 2 }));
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     aws.faults.hang({ operation: 'Decrypt', key: key.arn });
     try {
       const t0 = performance.now();
@@ -505,7 +505,7 @@ describe('BYOK lifecycle on AWS KMS (real SDK client, local KMS + STS server)', 
     expect(st).toMatchObject({ tenantId: T, health: 'error' });
     expect(st!.keks[0]!.lastError).toContain(KeyDisabledError.code);
     expect(st!.lastVerifiedAt).toBeInstanceOf(Date);
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     await expect(read(T)).rejects.toBeInstanceOf(KeyDisabledError);
     aws.setKeyState(key.arn, 'Enabled');
     const [again] = await e.keyring.checkHealth({ tenants: [T] });
@@ -614,7 +614,7 @@ describe('BYOK lifecycle on Google Cloud KMS (real gRPC client, local server)', 
       keks: [expect.objectContaining({ kind: 'gcp-kms', keyRef: key.name })],
     });
     expect(JSON.stringify(st)).not.toContain('PRIVATE KEY');
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     expect(
       await withTenant(T, () =>
         e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, T)),
@@ -622,7 +622,7 @@ describe('BYOK lifecycle on Google Cloud KMS (real gRPC client, local server)', 
     ).toEqual([{ n: 'on gcp' }]);
     // revoke: access denied surfaces typed
     gcp.revoke(key.name, sa, 'roles/cloudkms.cryptoKeyEncrypterDecrypter');
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     await expect(
       withTenant(T, () => e.db.select().from(e.s.patients).where(eq(e.s.patients.tenantId, T))),
     ).rejects.toBeInstanceOf(KeyAccessDeniedError);

@@ -133,7 +133,7 @@ function processSuite(): void {
     expect(reader.lines.filter((l) => l.tenant === T).at(-1)).toMatchObject({ ok: true });
 
     // this instance hits the KMS (cold cache), sees the refusal, and broadcasts it
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     const detectedAt = Date.now();
     await expect(
       withTenant(T, () => e.db.select().from(e.s.patients).where(eq(e.s.patients.tenantId, T))),
@@ -213,7 +213,7 @@ function processSuite(): void {
     expect(st.mode).toBe('platform');
     expect(st.progress).toBeNull();
     // and a fresh instance reads every row
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     const rows = await withTenant(T, () =>
       e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.tenantId, T)),
     );
@@ -276,7 +276,7 @@ function inProcessSuite(): void {
       expect(await readWith(other, T)).toHaveLength(1);
       aws.setPolicy(key.arn, { Statement: [{ Effect: 'Deny', Principal: '*', Action: 'kms:*' }] });
       expect(await readWith(other, T)).toHaveLength(1); // still cached there
-      e.keyring.cache.clear();
+      e.keyring.clearCache();
       const detectedAt = Date.now();
       await expect(readWith(e, T)).rejects.toBeInstanceOf(KeyAccessDeniedError);
       let deniedAt = 0;
@@ -316,7 +316,7 @@ function inProcessSuite(): void {
     expect(st.mode).toBe('platform');
     expect(st.progress).toBeNull();
     for (const v of st.dekVersions) expect(v.wrappedUnder).toEqual([e.kek.keyRef]);
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     expect((await readWith(e, T)).map((r) => r.n).sort()).toEqual([
       'version 1',
       'version 2',

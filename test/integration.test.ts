@@ -213,7 +213,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
       ]);
     });
     // cold cache: nested values must take the batched path too
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     const many = await withTenant(T, () =>
       e.db.query.patients.findMany({
         where: eq(e.s.patients.tenantId, T),
@@ -272,7 +272,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
       .from(e.s.patients)
       .where(and(eq(e.s.patients.tenantId, T), eq(e.s.patients.seq, sql.placeholder('seq'))))
       .prepare(`sel_${driver.replace('-', '_')}_${T.slice(-6)}`);
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     const got = await withTenant(T, () =>
       Promise.all(Array.from({ length: 40 }, (_, i) => bySeq.execute({ seq: i }))),
     );
@@ -283,7 +283,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
 
   it('transactions and nested savepoints: rollback discards, commit keeps, values decrypt inside', async () => {
     const T = uniqueTenant('tx');
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     await withTenant(T, () =>
       e.db.transaction(async (tx: typeof e.db) => {
         const [p] = await tx.insert(e.s.patients).values({ tenantId: T, seq: 1, name: 'kept' }).returning();
@@ -339,7 +339,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
       e.db.insert(e.s.patients).values(rows).returning({ seq: e.s.patients.seq, name: e.s.patients.name }),
     );
     expect(back).toHaveLength(1500);
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     const read = await withTenant(T, () =>
       e.db
         .select({
@@ -378,7 +378,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
       bad[pos]! ^= 0x01;
       await e.tdb.raw(`update "${e.s.name}".patients set name = $1 where id = $2`, [bad, p1.id]);
       for (const cold of [false, true]) {
-        if (cold) e.keyring.cache.clear();
+        if (cold) e.keyring.clearCache();
         const err = await readName().catch((x) => x);
         // a flipped DEK id may point to no key at all: that is a key lookup failure, still no data
         expect(err, `flip at ${pos}`).toBeInstanceOf(Error);
@@ -410,7 +410,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
     // a row of another tenant: read in that tenant's scope is refused (the key belongs to T1)
     await e.tdb.raw(`update "${e.s.name}".patients set name = $1 where id = $2`, [original, p2.id]);
     for (const cold of [false, true]) {
-      if (cold) e.keyring.cache.clear();
+      if (cold) e.keyring.clearCache();
       await expect(
         withTenant(T2, () =>
           e.db.select({ n: e.s.patients.name }).from(e.s.patients).where(eq(e.s.patients.id, p2.id)),
@@ -470,7 +470,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
     await expect(withTenant(B, () => e.db.select().from(p).where(eq(p.tenantId, A)))).rejects.toBeInstanceOf(
       DecryptionFailedError,
     );
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     await expect(withTenant(B, () => e.db.select().from(p).where(eq(p.tenantId, A)))).rejects.toBeInstanceOf(
       DecryptionFailedError,
     );
@@ -488,7 +488,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
         .insert(e.s.patients)
         .values(tenants.map((t, i) => ({ tenantId: t, seq: 100 + i, name: `multi-${t}` }))),
     );
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     const rows = await withAnyTenant(() =>
       e.db
         .select({ t: e.s.patients.tenantId, n: e.s.patients.name })
@@ -538,7 +538,7 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
       typeof name === 'string' ? name : Buffer.from(name as Uint8Array).toString('latin1'),
     ).not.toContain('Raw Row');
     for (const cold of [false, true]) {
-      if (cold) e.keyring.cache.clear();
+      if (cold) e.keyring.clearCache();
       const rows = await withTenant(T, () =>
         decryptRows(e.keyring, res as never, { name: e.s.patients.name, email: e.s.patients.email }),
       );

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type ByokEvent, withTenant } from '../src/index.ts';
+import { keysOf } from '../src/keys/keyring.ts';
 import { DRIVERS, uniqueTenant } from './helpers/db.ts';
 import { setupEncryptedDb, sibling } from './helpers/setup.ts';
 
@@ -11,7 +12,7 @@ describe.each(DRIVERS)('invalidation notices on %s', (driver) => {
     try {
       const T = uniqueTenant('notify');
       await withTenant(T, () => a.db.insert(a.s.patients).values({ tenantId: T, name: 'cached' }));
-      expect(a.keyring.cache.active(T)).toBeDefined();
+      expect(keysOf(a.keyring).cache.active(T)).toBeDefined();
       const seen: ByokEvent[] = [];
       a.keyring.onEvent((ev) => {
         if (ev.type === 'invalidation') seen.push(ev);
@@ -30,7 +31,7 @@ describe.each(DRIVERS)('invalidation notices on %s', (driver) => {
       expect(seen.filter((ev) => ev.type === 'invalidation' && ev.source === 'remote')).toEqual([
         { type: 'invalidation', tenantId: T, reason: 'rotate-dek', source: 'remote' },
       ]);
-      expect(a.keyring.cache.active(T)).toBeUndefined();
+      expect(keysOf(a.keyring).cache.active(T)).toBeUndefined();
       await listener.stop();
     } finally {
       await b.close();

@@ -54,7 +54,7 @@ describe('OpenTelemetry spans (when @opentelemetry/api is installed)', () => {
   it('every KMS call is a span with tenant, key reference, operation and outcome, and no key material', async () => {
     const T = uniqueTenant('otel');
     await withTenant(T, () => e.db.insert(e.s.patients).values({ tenantId: T, name: 'traced' }));
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     await withTenant(T, () => e.db.select().from(e.s.patients).where(eq(e.s.patients.tenantId, T)));
     const wrap = spans.find((s) => s.name === 'byok.kms.wrap' && s.attributes['byok.tenant'] === T);
     const unwrap = spans.find((s) => s.name === 'byok.kms.unwrap' && s.attributes['byok.tenant'] === T);
@@ -73,7 +73,7 @@ describe('OpenTelemetry spans (when @opentelemetry/api is installed)', () => {
   it('a failing KMS call ends its span with an error status carrying only the error code', async () => {
     const T = uniqueTenant('otelerr');
     await withTenant(T, () => e.db.insert(e.s.patients).values({ tenantId: T, name: 'x' }));
-    e.keyring.cache.clear();
+    e.keyring.clearCache();
     const inner = e.kek.unwrap;
     (e.kek as { unwrap: typeof inner }).unwrap = () =>
       Promise.reject(Object.assign(new Error('denied'), { code: 'ERR_BYOK_KEY_ACCESS_DENIED' }));

@@ -190,7 +190,8 @@ function isKeyring(v: unknown): v is Keyring {
   return (
     v !== null &&
     typeof v === 'object' &&
-    typeof (v as { getActiveDek?: unknown }).getActiveDek === 'function'
+    typeof (v as { rotateDek?: unknown }).rotateDek === 'function' &&
+    typeof (v as { withTenant?: unknown }).withTenant === 'function'
   );
 }
 

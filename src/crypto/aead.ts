@@ -13,6 +13,9 @@ import {
 } from './envelope.ts';
 import { writeIv } from './iv-pool.ts';
 
+/** The key object of a field key (library-internal: never exported from the package). */
+export let keyOf: (fk: FieldKey) => KeyObject;
+
 /**
  * AES-256-GCM field encryption, synchronous, on keys already unwrapped.
  *
@@ -29,8 +32,9 @@ import { writeIv } from './iv-pool.ts';
  * probability below 2^-32). The bound applies per subkey, i.e. per (DEK version, tenant, column):
  * rotate the tenant's DEK (`rotateDek`) well before 2^32 writes to one column of one tenant.
  */
-export interface FieldKey {
-  readonly key: KeyObject;
+export class FieldKey {
+  /** The subkey; private (util.inspect, JSON and property walks never reach it). */
+  readonly #key: KeyObject;
   /** The envelope header this key writes and accepts (flags 0). */
   readonly header: Buffer;
   /** Precomputed AAD for envelopes without a row key (flags 0). */
@@ -39,6 +43,24 @@ export interface FieldKey {
   readonly aadRowKeyed: Buffer;
   /** The DEK id as four big-endian 32-bit words (compared in JS: cheaper than a native call per field). */
   readonly idWords: readonly [number, number, number, number];
+
+  constructor(
+    key: KeyObject,
+    header: Buffer,
+    aad: Buffer,
+    aadRowKeyed: Buffer,
+    idWords: readonly [number, number, number, number],
+  ) {
+    this.#key = key;
+    this.header = header;
+    this.aad = aad;
+    this.aadRowKeyed = aadRowKeyed;
+    this.idWords = idWords;
+  }
+
+  static {
+    keyOf = (fk) => fk.#key;
+  }
 }
 
 /** Whether the 16 bytes of `buf` at `at` equal `words`. */
@@ -97,13 +119,13 @@ export function deriveFieldKey(
   Buffer.from(dekId).copy(header, 2);
   const headerRowKeyed = Buffer.from(header);
   headerRowKeyed[1] = FLAG_ROW_KEY;
-  return {
+  return new FieldKey(
     key,
     header,
-    aad: Buffer.concat([header, ctx]),
-    aadRowKeyed: Buffer.concat([headerRowKeyed, ctx]),
-    idWords: idWordsOf(dekId),
-  };
+    Buffer.concat([header, ctx]),
+    Buffer.concat([headerRowKeyed, ctx]),
+    idWordsOf(dekId),
+  );
 }
 
 /** Encrypts `plaintext` into a fresh envelope. */
@@ -112,7 +134,7 @@ export function seal(fk: FieldKey, plaintext: Uint8Array, rowKey?: Uint8Array): 
   const out = Buffer.allocUnsafe(OVERHEAD + n);
   fk.header.copy(out, 0);
   writeIv(out, IV_OFFSET);
-  const cipher = createCipheriv('aes-256-gcm', fk.key, out.subarray(IV_OFFSET, IV_OFFSET + IV_BYTES));
+  const cipher = createCipheriv('aes-256-gcm', keyOf(fk), out.subarray(IV_OFFSET, IV_OFFSET + IV_BYTES));
   if (rowKey === undefined) {
     cipher.setAAD(fk.aad);
   } else {
@@ -143,7 +165,7 @@ export function open(fk: FieldKey, env: Uint8Array, rowKey?: Uint8Array): Buffer
   try {
     const decipher = createDecipheriv(
       'aes-256-gcm',
-      fk.key,
+      keyOf(fk),
       buf.subarray(IV_OFFSET, IV_OFFSET + IV_BYTES),
       DECIPHER_OPTIONS,
     );

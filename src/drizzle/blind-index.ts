@@ -1054,14 +1054,16 @@ export async function findByBlindIndex<T extends PgTable>(
     );
   }
   const items = (Array.isArray(value) ? value : [value]).filter((v) => v !== null && v !== undefined);
-  const cond = trustSql(new SQL(
-    lookupChunks(
-      target,
-      items.map((v) => ({ value: v })),
-      tenantColumn,
-      true,
-    ) as never,
-  ));
+  const cond = trustSql(
+    new SQL(
+      lookupChunks(
+        target,
+        items.map((v) => ({ value: v })),
+        tenantColumn,
+        true,
+      ) as never,
+    ),
+  );
   const rows = (await (db
     .select()
     .from(table as PgTable)

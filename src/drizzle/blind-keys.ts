@@ -2,7 +2,7 @@ import type { KeyObject } from 'node:crypto';
 import { and, eq, ne, sql } from 'drizzle-orm';
 import { type BlindParams, decodeParams, encodeParams } from '../crypto/blind-hmac.ts';
 import { ByokConfigError, KeyNotFoundError } from '../errors.ts';
-import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { byokDeks } from '../keys/schema.ts';
 import { byokBlindIndexKeys } from './blind-schema.ts';
 import { scopeStorage, start } from './scope.ts';
@@ -11,7 +11,7 @@ import { scopeStorage, start } from './scope.ts';
  * Index key versions of (tenant, index context): loaded from `byok.blind_index_keys`, created on the
  * first write, cached per keyring for `stateMaxAgeMs` (and dropped on any invalidation of the tenant,
  * local or through LISTEN/NOTIFY). The cache holds version numbers and data key ids only; the keys
- * themselves are derived on demand from the keyring's data key cache (`keyring.derivedKey`), so they
+ * themselves are derived on demand from the keyring's data key cache (`keysOf(keyring).derivedKey`), so they
  * are zeroed and dropped with the data key, and a shredded tenant's index cannot be computed.
  */
 export interface IndexVersion {
@@ -151,7 +151,7 @@ export class BlindKeyRegistry {
     let rows = await selectVersions(db, tenantId, owner.context);
     if (rows.length === 0 && create) {
       // The tenant's active data key (created if needed; refused for a shredded tenant).
-      const dek = await this.keyring.getActiveDek(tenantId, db === this.keyring.db ? undefined : db);
+      const dek = await keysOf(this.keyring).getActiveDek(tenantId, db === this.keyring.db ? undefined : db);
       const built = !(await owner.hasUnindexedRows(db, tenantId));
       await store(() =>
         db
@@ -225,9 +225,9 @@ export class BlindKeyRegistry {
   /** The key of `v`, if its data key is cached (synchronous hot path). */
   hotKey(state: IndexKeyState, v: IndexVersion): KeyObject | undefined {
     if (v.dekId === null) return undefined;
-    const entry = this.keyring.cache.get(v.dekId);
+    const entry = keysOf(this.keyring).cache.get(v.dekId);
     if (entry === undefined) return undefined;
-    return this.keyring.derivedKey(entry, keyLabel(v.version), state.context);
+    return keysOf(this.keyring).derivedKey(entry, keyLabel(v.version), state.context);
   }
 
   /** The key of `v`, loading (and unwrapping) its data key when needed. */
@@ -240,13 +240,13 @@ export class BlindKeyRegistry {
         { tenantId: state.tenantId },
       );
     }
-    const entry = await this.keyring.getDek(v.dekId, txDb);
+    const entry = await keysOf(this.keyring).getDek(v.dekId, txDb);
     if (entry.tenantId !== state.tenantId) {
       throw new KeyNotFoundError(`blind index key of tenant ${state.tenantId} is not available`, {
         tenantId: state.tenantId,
       });
     }
-    return this.keyring.derivedKey(entry, keyLabel(v.version), state.context);
+    return keysOf(this.keyring).derivedKey(entry, keyLabel(v.version), state.context);
   }
 }
 

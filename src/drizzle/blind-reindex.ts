@@ -4,7 +4,7 @@ import { blindValue, encodeParams, MAX_VERSION } from '../crypto/blind-hmac.ts';
 import { toBytes } from '../crypto/envelope.ts';
 import { ByokConfigError, ByokError, TenantShreddedError } from '../errors.ts';
 import { assertTenantId, withTenant } from './scope.ts';
-import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { type BlindIndexState, blindState, indexInput, rowsOf, wrappedWith } from './blind-index.ts';
 import { type IndexKeyState, type IndexVersion, registryFor, store } from './blind-keys.ts';
 import { byokBlindIndexKeys } from './blind-schema.ts';
@@ -408,7 +408,7 @@ export async function rotateBlindIndex(
 
   // Phase 1: the new version exists, looked up but not written (or resume where a previous call stopped).
   await loadState(r, keyring, tenantId, true);
-  const dek = await keyring.getActiveDek(tenantId);
+  const dek = await keysOf(keyring).getActiveDek(tenantId);
   const started = await locked(async (tx) => {
     const rows = await tx
       .select({ version: k.version, state: k.state })

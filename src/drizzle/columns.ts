@@ -1,6 +1,6 @@
 import type { Table } from 'drizzle-orm';
 import { customType, type PgColumn } from 'drizzle-orm/pg-core';
-import { open, seal } from '../crypto/aead.ts';
+import { type FieldKey, open, seal } from '../crypto/aead.ts';
 import {
   bigintCodec,
   booleanCodec,
@@ -22,7 +22,7 @@ import {
   WriteRefusedError,
 } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
-import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
 import { scopeStorage, type TenantScope } from './scope.ts';
 
@@ -61,7 +61,7 @@ export interface EncryptedColumnState {
   readonly storage: 'bytea' | 'text';
   readonly mode: ReadMode;
   /** Last (entry, field key) used: avoids a map lookup per field on the hot path. */
-  memo: { entry: DekEntry; fk: ReturnType<Keyring['fieldKey']> } | undefined;
+  memo: { entry: DekEntry; fk: FieldKey } | undefined;
 }
 
 const TABLE_SCHEMA = Symbol.for('drizzle:Schema');
@@ -158,7 +158,7 @@ function toDriver(this: PgColumn, value: unknown): Buffer | string | PendingWrit
       { tenantId },
     );
   }
-  const entry = build.keyring.cache.active(tenantId);
+  const entry = keysOf(build.keyring).cache.active(tenantId);
   if (entry === undefined) return new PendingWrite(tenantId, state, plaintext);
   build.keyring.countHotHit();
   return sealFor(build.keyring, state, entry, plaintext);
@@ -175,14 +175,10 @@ export function sealFor(
   return state.storage === 'text' ? TEXT_PREFIX + env.toString('base64') : env;
 }
 
-function fieldKeyFor(
-  keyring: Keyring,
-  state: EncryptedColumnState,
-  entry: DekEntry,
-): ReturnType<Keyring['fieldKey']> {
+function fieldKeyFor(keyring: Keyring, state: EncryptedColumnState, entry: DekEntry): FieldKey {
   const m = state.memo;
   if (m !== undefined && m.entry === entry && !entry.evicted) return m.fk;
-  const fk = keyring.fieldKey(entry, state.context);
+  const fk = keysOf(keyring).fieldKey(entry, state.context);
   state.memo = { entry, fk };
   return fk;
 }
@@ -249,7 +245,7 @@ function fromDriver(this: PgColumn, value: unknown): unknown {
     if (env === undefined && state.mode !== 'strict') return passthrough(state, value);
     throw new DecryptionFailedError({ column: state.label });
   }
-  const entry = q.keyring.cache.lookupEnvelope(env, q.now);
+  const entry = keysOf(q.keyring).cache.lookupEnvelope(env, q.now);
   if (entry === undefined) {
     const p = new PendingRead(env, envelopeDekId(env), state);
     q.pending.push(p);

@@ -86,7 +86,10 @@ function expr(c: unknown, site: string): void {
     for (const x of c) expr(x, site);
     return;
   }
-  if (is(c, SQL)) return exprSql(c as SQL, site);
+  if (is(c, SQL)) {
+    exprSql(c as SQL, site);
+    return;
+  }
   if (is(c, Column)) {
     const g = guardedOf(c);
     if (g !== undefined) refuse(g, site);
@@ -98,23 +101,36 @@ function expr(c: unknown, site: string): void {
     return;
   }
   if (is(c, Placeholder) || is(c, Name) || is(c, Table) || is(c, View)) return;
-  if (is(c, SQL.Aliased)) return expr((c as unknown as { sql: SQL }).sql, site);
+  if (is(c, SQL.Aliased)) {
+    expr((c as unknown as { sql: SQL }).sql, site);
+    return;
+  }
   if (is(c, Subquery)) {
     const sq = c as unknown as { _: { sql: SQL; isWith?: boolean } };
     // A `with` reference renders as its name; the CTE itself was checked where it is defined.
     if (sq._.isWith) return;
-    return subqueryValue(sq._.sql, site);
+    subqueryValue(sq._.sql, site);
+    return;
   }
   if (isSQLWrapper(c)) {
     const inner = c.getSQL();
-    if (inner !== (c as unknown) && !inner.queryChunks.includes(c)) return expr(inner, site);
+    if (inner !== (c as unknown) && !inner.queryChunks.includes(c)) {
+      expr(inner, site);
+      return;
+    }
   }
 }
 
 function exprSql(s: SQL, site: string): void {
   if (rawReads.has(s) || isTrustedSql(s)) return;
-  if (rawWrites.has(s)) return refuse(rawWrites.get(s)!, site, 'restoreCiphertext() is a write value only.');
-  if (queries.has(s)) return subqueryValue(s, site);
+  if (rawWrites.has(s)) {
+    refuse(rawWrites.get(s)!, site, 'restoreCiphertext() is a write value only.');
+    return;
+  }
+  if (queries.has(s)) {
+    subqueryValue(s, site);
+    return;
+  }
   const chunks = s.queryChunks;
   if (isNullCheck(chunks) || isExists(chunks) || isBlindLookup(chunks)) return;
   for (const x of chunks) expr(x, site);
@@ -123,8 +139,12 @@ function exprSql(s: SQL, site: string): void {
 /** A query used as a value (`inArray(x, subquery)`, a scalar subquery): must project no ciphertext. */
 function subqueryValue(s: SQL, site: string): void {
   const p = queries.get(s);
-  if (p === undefined) return expr(s, site);
-  for (const slot of p) if (slot.guard !== undefined) refuse(slot.guard, `a subquery used as a value (${site})`);
+  if (p === undefined) {
+    expr(s, site);
+    return;
+  }
+  for (const slot of p)
+    if (slot.guard !== undefined) refuse(slot.guard, `a subquery used as a value (${site})`);
 }
 
 function textOf(chunks: readonly unknown[]): { text: string; operands: unknown[]; leading: boolean } {
@@ -198,7 +218,8 @@ function projection(fields: readonly Field[], site: string): Projection {
 
 function slot(field: unknown, site: string): Slot {
   if (is(field, Column)) return { guard: guardedOf(field), column: field as Column };
-  if (is(field, SQL.Aliased)) return { guard: projectedSql((field as unknown as { sql: SQL }).sql, site), column: undefined };
+  if (is(field, SQL.Aliased))
+    return { guard: projectedSql((field as unknown as { sql: SQL }).sql, site), column: undefined };
   if (is(field, SQL)) return { guard: projectedSql(field as SQL, site), column: undefined };
   if (is(field, Subquery)) {
     // A scalar subquery as a field: decoded by its single field's mapper when it selects one column.
@@ -279,7 +300,11 @@ function writeValue(col: Column, g: Guarded, v: unknown, site: string, update: b
   if (v !== null && typeof v === 'object' && rawWrites.get(v) === g) return;
   // The same column of the same row: the binding (table, column, tenant, row) is unchanged.
   if (update && (v === col || isExcluded(v, col.name))) return;
-  refuse(g, site, 'Write a value (it is encrypted by the column), null, or use reencrypt() to move ciphertext.');
+  refuse(
+    g,
+    site,
+    'Write a value (it is encrypted by the column), null, or use reencrypt() to move ciphertext.',
+  );
 }
 
 /** `excluded.<name>` (upsert): the value proposed for the same column of the same row. */
@@ -346,7 +371,8 @@ function insertSelect(
   p: Projection,
   tenantColumn: string | undefined,
 ): void {
-  const hint = 'Copy values to another table, column or tenant with reencrypt(), which decrypts and re-encrypts in the app.';
+  const hint =
+    'Copy values to another table, column or tenant with reencrypt(), which decrypts and re-encrypts in the app.';
   let tenantSlot: Slot | undefined;
   cols.forEach(([, col], i) => {
     if (tenantColumn !== undefined && col.name === tenantColumn) tenantSlot = p[i];
@@ -355,7 +381,8 @@ function insertSelect(
     const g = guardedOf(col);
     const s = p[i] ?? NONE;
     if (g === undefined) {
-      if (s.guard !== undefined) refuse(s.guard, 'insert ... select into a column that is not the same encrypted column', hint);
+      if (s.guard !== undefined)
+        refuse(s.guard, 'insert ... select into a column that is not the same encrypted column', hint);
       return;
     }
     if (s.guard === undefined) {
@@ -385,7 +412,9 @@ function insertSelect(
 function sameTable(a: unknown, b: unknown): boolean {
   const x = a as Record<symbol, unknown> | undefined;
   const y = b as Record<symbol, unknown> | undefined;
-  return x !== undefined && y !== undefined && x[ORIGINAL_NAME] === y[ORIGINAL_NAME] && x[SCHEMA] === y[SCHEMA];
+  return (
+    x !== undefined && y !== undefined && x[ORIGINAL_NAME] === y[ORIGINAL_NAME] && x[SCHEMA] === y[SCHEMA]
+  );
 }
 
 // -----------------------------------------------------------------------------------------------
@@ -406,8 +435,8 @@ export function rawCiphertext(column: Column): SQL<Buffer | string> {
     throw new ByokConfigError('rawCiphertext(column): the column is not an encrypted.* column');
   }
   const text = encryptedState(column)!.storage === 'text';
-  const node = sql`${column}`.mapWith(
-    (v: unknown): Buffer | string => (text ? (v as string) : ((toBytes(v) ?? v) as Buffer)),
+  const node = sql`${column}`.mapWith((v: unknown): Buffer | string =>
+    text ? (v as string) : ((toBytes(v) ?? v) as Buffer),
   );
   rawReads.add(node);
   return node;
@@ -425,14 +454,21 @@ export function restoreCiphertext(column: Column, stored: Uint8Array | string): 
   }
   let value: Buffer | string;
   if (st.storage === 'text') {
-    const b = typeof stored === 'string' && stored.startsWith(TEXT_PREFIX) ? Buffer.from(stored.slice(TEXT_PREFIX.length), 'base64') : undefined;
+    const b =
+      typeof stored === 'string' && stored.startsWith(TEXT_PREFIX)
+        ? Buffer.from(stored.slice(TEXT_PREFIX.length), 'base64')
+        : undefined;
     if (b === undefined || !looksLikeEnvelope(b))
-      throw new ByokConfigError(`restoreCiphertext(${st.label}, value): value is not a stored ciphertext (byok1: text)`);
+      throw new ByokConfigError(
+        `restoreCiphertext(${st.label}, value): value is not a stored ciphertext (byok1: text)`,
+      );
     value = stored as string;
   } else {
     const b = typeof stored === 'string' ? undefined : toBytes(stored);
     if (b === undefined || !looksLikeEnvelope(b))
-      throw new ByokConfigError(`restoreCiphertext(${st.label}, value): value is not a stored ciphertext envelope`);
+      throw new ByokConfigError(
+        `restoreCiphertext(${st.label}, value): value is not a stored ciphertext envelope`,
+      );
     value = b;
   }
   const node = sql`${sql.param(value)}`;
@@ -581,7 +617,10 @@ export function installGuard(dialect: object, tenantColumn: string | undefined):
       queries.set(r, p);
       return r;
     }
-    const left = (orig.select as GuardedDialect['buildSelectQuery']).call(this, { ...config, setOperators: [] });
+    const left = (orig.select as GuardedDialect['buildSelectQuery']).call(this, {
+      ...config,
+      setOperators: [],
+    });
     queries.set(left, p);
     const r = this.buildSetOperations(left, config.setOperators);
     queries.set(r, p);
@@ -602,7 +641,13 @@ export function installGuard(dialect: object, tenantColumn: string | undefined):
       if (a === undefined && b === undefined) continue;
       // union all keeps rows as they are: allowed when each branch selects the same column.
       if (op.type === 'union' && op.isAll && a === b) continue;
-      refuse((a ?? b)!, name, op.type === 'union' && op.isAll ? 'Each branch must select the same encrypted column at that position.' : undefined);
+      refuse(
+        (a ?? b)!,
+        name,
+        op.type === 'union' && op.isAll
+          ? 'Each branch must select the same encrypted column at that position.'
+          : undefined,
+      );
     }
     for (const x of op.orderBy ?? []) expr(x, `order by of ${name}`);
     value(op.limit, 'limit');
@@ -671,7 +716,10 @@ function checkRelational(args: RelationalArgs): void {
   const config = args.queryConfig;
   if (config === true || config === undefined || config === null) return;
   const aliased = Object.fromEntries(
-    Object.entries(args.tableConfig.columns).map(([k, v]) => [k, aliasedTableColumn(v as never, args.tableAlias)]),
+    Object.entries(args.tableConfig.columns).map(([k, v]) => [
+      k,
+      aliasedTableColumn(v as never, args.tableAlias),
+    ]),
   );
   const where = typeof config.where === 'function' ? config.where(aliased, getOperators()) : config.where;
   if (where !== undefined) expr(where, 'a relational query where');

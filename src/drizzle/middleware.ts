@@ -1,6 +1,6 @@
 import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
-import { ByokConfigError, TenantMismatchError } from '../errors.ts';
-import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { ByokConfigError, DecryptionFailedError, TenantMismatchError } from '../errors.ts';
+import { type AnyPgDatabase, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
 import {
   instrumentBlindWrites,
   isBlindPending,
@@ -77,7 +77,7 @@ export function withEncryption<TDb extends AnyPgDatabase>(
       'withEncryption(db, keyring): db must be a Drizzle PostgreSQL database (drizzle(...))',
     );
   }
-  if (keyring === undefined || typeof (keyring as Partial<Keyring>).getDek !== 'function') {
+  if (keyring === undefined || !isKeyring(keyring)) {
     throw new ByokConfigError('withEncryption(db, keyring): keyring must come from createKeyring(...)');
   }
   const tenantColumn = options.tenantColumn;
@@ -323,7 +323,9 @@ async function resolveParams(
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;
   const entries = new Map(
-    await Promise.all([...tenants].map(async (t) => [t, await keyring.getActiveDek(t, txDb)] as const)),
+    await Promise.all(
+      [...tenants].map(async (t) => [t, await keysOf(keyring).getActiveDek(t, txDb)] as const),
+    ),
   );
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
@@ -336,9 +338,20 @@ async function resolveParams(
 /** Loads the data keys pending reads need (one batch), decrypts, and swaps placeholders for values. */
 export async function resolveReads<T>(keyring: Keyring, ctx: QueryContext, result: T): Promise<T> {
   const pending = ctx.pending.splice(0);
-  const ids = [...new Set(pending.map((p) => p.dekId))];
+  const labels = new Map<string, string>();
+  for (const p of pending) if (!labels.has(p.dekId)) labels.set(p.dekId, p.column.label);
+  const keys = keysOf(keyring);
+  // In a tenant's scope only its own data keys are loaded: any other id is the one decryption error.
+  const load = (id: string) =>
+    keys.getDekForRead(id, ctx.tenantId, ctx.txDb).catch((e: unknown) => {
+      if (!(e instanceof DecryptionFailedError)) throw e;
+      throw new DecryptionFailedError({
+        column: labels.get(id)!,
+        ...(ctx.tenantId ? { tenantId: ctx.tenantId } : {}),
+      });
+    });
   const entries = new Map(
-    await Promise.all(ids.map(async (id) => [id, await keyring.getDek(id, ctx.txDb)] as const)),
+    await Promise.all([...labels.keys()].map(async (id) => [id, await load(id)] as const)),
   );
   for (const p of pending) {
     const entry = entries.get(p.dekId)!;

@@ -1,4 +1,5 @@
 import type { KeyObject } from 'node:crypto';
+import { inspect } from 'node:util';
 import { type FieldKey, idEquals, idWordsOf } from '../crypto/aead.ts';
 import { DEK_ID_OFFSET, envelopeDekId } from '../crypto/envelope.ts';
 
@@ -21,13 +22,52 @@ export interface DekCacheOptions {
 
 export const DEFAULT_CACHE = { maxEntries: 10_000, maxAgeMs: 300_000 } as const;
 
-export interface DekEntry {
+/** The key material of an entry (library-internal: never exported from the package). */
+export let dekMaterial: (e: DekEntry) => DekMaterial;
+
+/**
+ * A cached data key. Its key material (the raw DEK, derived subkeys) lives in private fields: no
+ * `util.inspect` (even with `showHidden`), `JSON.stringify` or property walk reaches it, and only
+ * the library's own modules read it, through `dekMaterial`.
+ */
+export class DekEntry {
   readonly id: string;
   readonly idBytes: Buffer;
   readonly idWords: readonly [number, number, number, number];
   readonly tenantId: string;
   readonly version: number;
   readonly expiresAt: number;
+  lastUsed: number;
+  evicted = false;
+  readonly #material: DekMaterial;
+
+  constructor(id: string, idBytes: Buffer, tenantId: string, version: number, raw: Buffer, maxAgeMs: number) {
+    const now = Date.now();
+    this.id = id;
+    this.idBytes = idBytes;
+    this.idWords = idWordsOf(idBytes);
+    this.tenantId = tenantId;
+    this.version = version;
+    this.expiresAt = now + maxAgeMs;
+    this.lastUsed = now;
+    this.#material = { raw, fieldKeys: new Map(), derived: new Map(), derivedObjects: new Map() };
+  }
+
+  toJSON(): unknown {
+    return { type: 'DekEntry', id: this.id, tenantId: this.tenantId, version: this.version };
+  }
+
+  [inspect.custom](): string {
+    return `DekEntry { id: '${this.id}', tenantId: '${this.tenantId}', version: ${this.version} }`;
+  }
+
+  static {
+    dekMaterial = (e) => e.#material;
+  }
+}
+
+/** Key material of a cached data key. */
+export interface DekMaterial {
   /** Raw DEK bytes; zeroed on eviction. */
   readonly raw: Buffer;
   /** Field subkeys by column context. */
@@ -36,8 +76,6 @@ export interface DekEntry {
   readonly derived: Map<string, Buffer>;
   /** ...and the same keys as KeyObjects for node:crypto. */
   readonly derivedObjects: Map<string, KeyObject>;
-  lastUsed: number;
-  evicted: boolean;
 }
 
 export class DekCache {
@@ -155,11 +193,12 @@ export class DekCache {
     if (this.#active.get(e.tenantId) === e) this.#active.delete(e.tenantId);
     if (!e.evicted) {
       e.evicted = true;
-      e.raw.fill(0);
-      for (const d of e.derived.values()) d.fill(0);
-      e.fieldKeys.clear();
-      e.derived.clear();
-      e.derivedObjects.clear();
+      const m = dekMaterial(e);
+      m.raw.fill(0);
+      for (const d of m.derived.values()) d.fill(0);
+      m.fieldKeys.clear();
+      m.derived.clear();
+      m.derivedObjects.clear();
     }
   }
 }
@@ -172,19 +211,5 @@ function newEntry(
   raw: Buffer,
   maxAgeMs: number,
 ): DekEntry {
-  const now = Date.now();
-  return {
-    id,
-    idBytes,
-    idWords: idWordsOf(idBytes),
-    tenantId,
-    version,
-    expiresAt: now + maxAgeMs,
-    raw,
-    fieldKeys: new Map(),
-    derived: new Map(),
-    derivedObjects: new Map(),
-    lastUsed: now,
-    evicted: false,
-  };
+  return new DekEntry(id, idBytes, tenantId, version, raw, maxAgeMs);
 }

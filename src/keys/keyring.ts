@@ -16,6 +16,7 @@ import { type Started, scopeStorage, start, withAnyTenant, withTenant } from '..
 import {
   ByokConfigError,
   ByokError,
+  DecryptionFailedError,
   isByokError,
   KeyAccessDeniedError,
   KeyDisabledError,
@@ -25,7 +26,7 @@ import {
   TenantShreddedError,
 } from '../errors.ts';
 import type { Kek, KekConfig, KekFactory, WrapContext } from '../kms/kek.ts';
-import { DekCache, type DekCacheOptions, type DekEntry } from './cache.ts';
+import { DekCache, type DekCacheOptions, type DekEntry, dekMaterial } from './cache.ts';
 import type { ByokEvent, ByokEventListener } from './events.ts';
 import * as lifecycle from './lifecycle.ts';
 import { byokAudit, byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
@@ -111,6 +112,9 @@ export interface KeyringStats {
   readonly cachedKeys: number;
 }
 
+let access: (k: Keyring) => KeyAccess;
+let isKeyringBrand: (v: unknown) => boolean;
+
 const FAILOVER_CODES = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
 
 /**
@@ -120,7 +124,8 @@ const FAILOVER_CODES = new Set([KmsUnavailableError.code, KmsThrottledError.code
 export class Keyring {
   readonly db: AnyPgDatabase;
   readonly platformKek: Kek;
-  readonly cache: DekCache;
+  readonly #cache: DekCache;
+  readonly #keys: KeyAccess;
   readonly #previousPlatform: Map<string, Kek>;
   readonly #factories: Readonly<Partial<Record<string, KekFactory>>>;
   readonly #unwrapConcurrency: number;
@@ -129,7 +134,9 @@ export class Keyring {
   readonly #listeners = new Set<ByokEventListener>();
   readonly #dekLoader: DataLoader<string, DekEntry>;
   readonly #activeLoader: DataLoader<string, DekEntry>;
+  readonly #readLoader: DataLoader<string, DekEntry>;
   readonly #inflightDek = new Map<string, Promise<DekEntry>>();
+  readonly #inflightRead = new Map<string, Promise<DekEntry>>();
   readonly #inflightActive = new Map<string, Promise<DekEntry>>();
   readonly #kekInstances = new Map<string, Promise<Kek>>();
   #stats = { hotHits: 0, unwraps: 0, batches: 0, created: 0 };
@@ -152,7 +159,7 @@ export class Keyring {
     this.platformKek = options.platformKek;
     this.#previousPlatform = new Map((options.previousPlatformKeks ?? []).map((k) => [k.keyRef, k]));
     this.#factories = options.kekFactories ?? {};
-    this.cache = new DekCache(options.cache);
+    this.#cache = new DekCache(options.cache);
     this.#unwrapConcurrency = positiveInt(options.unwrapConcurrency ?? 16, 'unwrapConcurrency');
     const maxBatchSize = positiveInt(options.maxBatchSize ?? 500, 'maxBatchSize');
     this.#preferredRegion = options.preferredRegion;
@@ -165,10 +172,25 @@ export class Keyring {
     void loadTelemetry();
     if (options.onEvent !== undefined) this.#listeners.add(options.onEvent);
     this.#dekLoader = new DataLoader((ids) => this.#loadDeks(ids), { cache: false, maxBatchSize });
+    this.#readLoader = new DataLoader((keys) => this.#loadDeksForRead(keys), { cache: false, maxBatchSize });
+    this.#keys = {
+      cache: this.#cache,
+      getDek: (id, txDb) => this.#getDek(id, txDb),
+      getDekForRead: (id, tenantId, txDb) => this.#getDekForRead(id, tenantId, txDb),
+      getDekVersion: (tenantId, version, txDb) => this.#getDekVersion(tenantId, version, txDb),
+      getActiveDek: (tenantId, txDb) => this.#getActiveDek(tenantId, txDb),
+      fieldKey: (entry, context) => this.#fieldKey(entry, context),
+      derivedKey: (entry, label, context) => this.#derivedKey(entry, label, context),
+    };
     this.#activeLoader = new DataLoader((tenants) => this.#loadActive(tenants), {
       cache: false,
       maxBatchSize,
     });
+  }
+
+  static {
+    access = (k) => k.#keys;
+    isKeyringBrand = (v) => typeof v === 'object' && v !== null && #keys in v;
   }
 
   /** Creates the key store tables if they do not exist (runs the shipped SQL migration). */
@@ -193,7 +215,7 @@ export class Keyring {
   }
 
   stats(): KeyringStats {
-    return { ...this.#stats, cachedKeys: this.cache.size };
+    return { ...this.#stats, cachedKeys: this.#cache.size };
   }
 
   /** Key references of the configured previous platform KEKs. */
@@ -245,15 +267,16 @@ export class Keyring {
   }
 
   /** The field subkey of a cached DEK for a column context (derived once, then memoized). */
-  fieldKey(entry: DekEntry, context: string): FieldKey {
-    let fk = entry.fieldKeys.get(context);
+  #fieldKey(entry: DekEntry, context: string): FieldKey {
+    const m = dekMaterial(entry);
+    let fk = m.fieldKeys.get(context);
     if (fk === undefined) {
       if (entry.evicted)
         throw new ByokError('data key was evicted while in use; retry the query', {
           tenantId: entry.tenantId,
         });
-      fk = deriveFieldKey(entry.raw, entry.idBytes, entry.tenantId, context);
-      entry.fieldKeys.set(context, fk);
+      fk = deriveFieldKey(m.raw, entry.idBytes, entry.tenantId, context);
+      m.fieldKeys.set(context, fk);
     }
     return fk;
   }
@@ -262,8 +285,8 @@ export class Keyring {
    * A data key by id, from the cache or loaded (batched, deduplicated) and unwrapped. `txDb`: the
    * transaction the caller's query runs in (used instead of `db` on single-connection databases).
    */
-  getDek(id: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
-    const hit = this.cache.get(id);
+  #getDek(id: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
+    const hit = this.#cache.get(id);
     if (hit !== undefined) {
       this.emit({ type: 'cache', outcome: 'hit', tenantId: hit.tenantId, dekId: id });
       return Promise.resolve(hit);
@@ -277,7 +300,7 @@ export class Keyring {
    * A tenant's data key by version (any state but destroyed), loaded through the batch loader.
    * Used by blind indexes (index keys are derived from a chosen DEK version) and re-encryption.
    */
-  async getDekVersion(tenantId: string, version: number, txDb?: AnyPgDatabase): Promise<DekEntry> {
+  async #getDekVersion(tenantId: string, version: number, txDb?: AnyPgDatabase): Promise<DekEntry> {
     const [row] = await this.#store(() =>
       (txDb !== undefined && this.#singleConnection ? txDb : this.db)
         .select({ id: byokDeks.id })
@@ -287,7 +310,7 @@ export class Keyring {
     if (row === undefined) {
       throw new KeyNotFoundError(`tenant ${tenantId} has no data key version ${version}`, { tenantId });
     }
-    return this.getDek(row.id, txDb);
+    return this.#getDek(row.id, txDb);
   }
 
   /**
@@ -295,25 +318,26 @@ export class Keyring {
    * (`label`, e.g. "blind-index/v1"), bound to `context`. Memoized on the entry and zeroed with it;
    * returned as a KeyObject (HMAC and AES with Buffer keys are ~10x slower on OpenSSL 3).
    */
-  derivedKey(entry: DekEntry, label: string, context: string): KeyObject {
+  #derivedKey(entry: DekEntry, label: string, context: string): KeyObject {
     const memoKey = `${label}\u0000${context}`;
-    let k = entry.derivedObjects.get(memoKey);
+    const m = dekMaterial(entry);
+    let k = m.derivedObjects.get(memoKey);
     if (k === undefined) {
       if (entry.evicted)
         throw new ByokError('data key was evicted while in use; retry the query', {
           tenantId: entry.tenantId,
         });
-      const raw = deriveSubkey(entry.raw, label, contextBytes(entry.tenantId, context));
+      const raw = deriveSubkey(m.raw, label, contextBytes(entry.tenantId, context));
       k = createSecretKey(raw);
-      entry.derived.set(memoKey, raw);
-      entry.derivedObjects.set(memoKey, k);
+      m.derived.set(memoKey, raw);
+      m.derivedObjects.set(memoKey, k);
     }
     return k;
   }
 
   /** The tenant's active data key, created on first use (race-safe across processes). */
-  getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
-    const hit = this.cache.active(tenantId);
+  #getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry> {
+    const hit = this.#cache.active(tenantId);
     if (hit !== undefined) {
       this.emit({ type: 'cache', outcome: 'hit', tenantId, dekId: hit.id });
       return Promise.resolve(hit);
@@ -323,9 +347,40 @@ export class Keyring {
     return shareInFlight(this.#inflightActive, tenantId, () => this.#activeLoader.load(tenantId));
   }
 
+  /**
+   * A data key for decrypting a stored value in the scope of `tenantId` (null: `withAnyTenant`).
+   * In a tenant's scope only that tenant's data keys are looked up: an id of another tenant, an
+   * unknown or edited id, is a `DecryptionFailedError`, and no other tenant's key is loaded, unwrapped
+   * or has its health changed. Key access errors and `TenantShreddedError` remain for the tenant's
+   * own keys.
+   */
+  #getDekForRead(id: string, tenantId: string | null, txDb?: AnyPgDatabase): Promise<DekEntry> {
+    if (tenantId === null) {
+      return this.#getDek(id, txDb).catch((e: unknown) => {
+        throw e instanceof KeyNotFoundError ? new DecryptionFailedError() : e;
+      });
+    }
+    const hit = this.#cache.get(id);
+    if (hit !== undefined) {
+      if (hit.tenantId !== tenantId) return Promise.reject(new DecryptionFailedError({ tenantId }));
+      this.emit({ type: 'cache', outcome: 'hit', tenantId, dekId: id });
+      return Promise.resolve(hit);
+    }
+    this.emit({ type: 'cache', outcome: 'miss', tenantId, dekId: id });
+    if (txDb !== undefined && this.#singleConnection)
+      return this.#loadInTransaction(txDb, { id, owner: tenantId });
+    const key = `${tenantId}\u0000${id}`;
+    return shareInFlight(this.#inflightRead, key, () => this.#readLoader.load(key));
+  }
+
+  /** Drops every cached data key on this instance (their bytes are zeroed). */
+  clearCache(): void {
+    this.#cache.clear();
+  }
+
   /** Drops a tenant's cached keys on this instance. */
   evictTenant(tenantId: string, reason = 'manual'): void {
-    this.cache.evictTenant(tenantId);
+    this.#cache.evictTenant(tenantId);
     this.emit({ type: 'invalidation', tenantId, reason, source: 'local' });
   }
 
@@ -334,7 +389,7 @@ export class Keyring {
     this.#listener = undefined;
     if (this.#auditTimer !== undefined) clearInterval(this.#auditTimer);
     await this.flushAudit().catch(() => undefined);
-    this.cache.clear();
+    this.#cache.clear();
     const keks = await Promise.allSettled(this.#kekInstances.values());
     this.#kekInstances.clear();
     for (const k of keks) if (k.status === 'fulfilled') await k.value.close?.();
@@ -461,7 +516,7 @@ export class Keyring {
       return;
     }
     if (typeof msg.t !== 'string' || typeof msg.r !== 'string' || msg.o === this.instanceId) return;
-    this.cache.evictTenant(msg.t);
+    this.#cache.evictTenant(msg.t);
     this.dropKekInstances(this.#kekIdsByTenant.get(msg.t) ?? []);
     this.emit({ type: 'invalidation', tenantId: msg.t, reason: msg.r, source: 'remote' });
     if (msg.r === 'revoked' && typeof msg.k === 'string') {
@@ -481,7 +536,7 @@ export class Keyring {
    */
   async reportRevocation(tenantId: string, keyRef: string, e: ByokError): Promise<void> {
     if (!(e instanceof KeyAccessDeniedError || e instanceof KeyDisabledError)) return;
-    this.cache.evictTenant(tenantId);
+    this.#cache.evictTenant(tenantId);
     this.emit({ type: 'revocation', tenantId, keyRef, errorCode: e.code, source: 'local' });
     this.audit({
       tenantId,
@@ -538,11 +593,11 @@ export class Keyring {
   }
 
   toJSON(): unknown {
-    return { type: 'Keyring', platformKek: this.platformKek.keyRef, cachedKeys: this.cache.size };
+    return { type: 'Keyring', platformKek: this.platformKek.keyRef, cachedKeys: this.#cache.size };
   }
 
   [inspect.custom](): string {
-    return `Keyring { platformKek: '${this.platformKek.keyRef}', cachedKeys: ${this.cache.size} }`;
+    return `Keyring { platformKek: '${this.platformKek.keyRef}', cachedKeys: ${this.#cache.size} }`;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -608,6 +663,30 @@ export class Keyring {
       return new KeyNotFoundError(
         `data key ${id} does not exist in the key store (wrong database, or deleted)`,
       );
+    });
+  }
+
+  /** Batch of `tenant \0 id` keys: only rows of the requested tenant are selected and unwrapped. */
+  async #loadDeksForRead(keys: readonly string[]): Promise<(DekEntry | Error)[]> {
+    const started = performance.now();
+    this.#stats.batches++;
+    const wanted = keys.map((k) => {
+      const at = k.indexOf('\u0000');
+      return { tenantId: k.slice(0, at), id: k.slice(at + 1) };
+    });
+    const ids = [...new Set(wanted.map((w) => w.id).filter(isUuid))];
+    const tenants = [...new Set(wanted.map((w) => w.tenantId))];
+    const rows =
+      ids.length === 0
+        ? []
+        : await this.#selectDeks(and(inArray(byokDeks.id, ids), inArray(byokDeks.tenantId, tenants))!);
+    const owned = new Set(wanted.map((w) => `${w.tenantId}\u0000${w.id}`));
+    const entries = await this.#unwrapAll(rows.filter((r) => owned.has(`${r.tenantId}\u0000${r.id}`)));
+    this.emit({ type: 'dek-batch', size: rows.length, latencyMs: performance.now() - started });
+    return wanted.map((w) => {
+      const e = entries.get(w.id);
+      if (e !== undefined && (e instanceof Error || e.tenantId === w.tenantId)) return e;
+      return new DecryptionFailedError({ tenantId: w.tenantId });
     });
   }
 
@@ -715,8 +794,8 @@ export class Keyring {
         raw.fill(0);
         const idBytes = uuidToBytes(row.id);
         return cacheIt
-          ? this.cache.put(row.id, idBytes, row.tenantId, row.version, rawBuf, row.state === 'active')
-          : this.cache.uncached(row.id, idBytes, row.tenantId, row.version, rawBuf);
+          ? this.#cache.put(row.id, idBytes, row.tenantId, row.version, rawBuf, row.state === 'active')
+          : this.#cache.uncached(row.id, idBytes, row.tenantId, row.version, rawBuf);
       } catch (e) {
         errors.push(e);
         if (isRevocation(e)) {
@@ -1005,13 +1084,13 @@ export class Keyring {
       if ('existing' in outcome) {
         raw.fill(0);
         return cacheIt
-          ? this.getDek(outcome.existing)
+          ? this.#getDek(outcome.existing)
           : this.#loadInTransaction(db, { id: outcome.existing });
       }
       this.#stats.created++;
-      if (!cacheIt) return this.cache.uncached(id, uuidToBytes(id), tenantId, outcome.created, raw);
-      this.cache.deactivate(tenantId);
-      return this.cache.put(id, uuidToBytes(id), tenantId, outcome.created, raw, true);
+      if (!cacheIt) return this.#cache.uncached(id, uuidToBytes(id), tenantId, outcome.created, raw);
+      this.#cache.deactivate(tenantId);
+      return this.#cache.put(id, uuidToBytes(id), tenantId, outcome.created, raw, true);
     }
     throw new ByokError(`the KEKs of tenant ${tenantId} kept changing while creating a data key; retry`, {
       tenantId,
@@ -1025,15 +1104,24 @@ export class Keyring {
   /** Loads (or creates) one data key through a transaction, without caching it. */
   async #loadInTransaction(
     txDb: AnyPgDatabase,
-    key: { id: string } | { tenantId: string },
+    key: { id: string; owner?: string } | { tenantId: string },
   ): Promise<DekEntry> {
+    if ('id' in key && !isUuid(key.id)) {
+      if (key.owner !== undefined) throw new DecryptionFailedError({ tenantId: key.owner });
+      throw new KeyNotFoundError(
+        `data key ${key.id} does not exist in the key store (wrong database, or deleted)`,
+      );
+    }
     const where =
       'id' in key
-        ? eq(byokDeks.id, key.id)
+        ? key.owner === undefined
+          ? eq(byokDeks.id, key.id)
+          : and(eq(byokDeks.id, key.id), eq(byokDeks.tenantId, key.owner))!
         : and(eq(byokDeks.tenantId, key.tenantId), eq(byokDeks.state, 'active'))!;
     const rows = await this.#selectDeks(where, txDb);
     const row = rows[0];
     if (row === undefined) {
+      if ('id' in key && key.owner !== undefined) throw new DecryptionFailedError({ tenantId: key.owner });
       if ('id' in key)
         throw new KeyNotFoundError(
           `data key ${key.id} does not exist in the key store (wrong database, or deleted)`,
@@ -1045,6 +1133,30 @@ export class Keyring {
     if (e instanceof Error) throw e;
     return e;
   }
+}
+
+/**
+ * The key material side of a keyring, for the library's own modules (middleware, migrate, blind
+ * indexes). Not exported from the package: data key entries are never part of the public API.
+ */
+export interface KeyAccess {
+  readonly cache: DekCache;
+  getDek(id: string, txDb?: AnyPgDatabase): Promise<DekEntry>;
+  getDekForRead(id: string, tenantId: string | null, txDb?: AnyPgDatabase): Promise<DekEntry>;
+  getDekVersion(tenantId: string, version: number, txDb?: AnyPgDatabase): Promise<DekEntry>;
+  getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry>;
+  fieldKey(entry: DekEntry, context: string): FieldKey;
+  derivedKey(entry: DekEntry, label: string, context: string): KeyObject;
+}
+
+/** The key access of a keyring (library-internal). */
+export function keysOf(keyring: Keyring): KeyAccess {
+  return access(keyring);
+}
+
+/** Whether `v` is a keyring made by `createKeyring` (of this install). */
+export function isKeyring(v: unknown): v is Keyring {
+  return isKeyringBrand(v);
 }
 
 /** Creates the keyring. See `KeyringOptions` for every option and its default. */

@@ -11,7 +11,8 @@ import {
   TenantShreddedError,
 } from '../errors.ts';
 import type { Kek } from '../kms/kek.ts';
-import { type AnyPgDatabase, type Keyring, mapLimit } from './keyring.ts';
+import { dekMaterial } from './cache.ts';
+import { type AnyPgDatabase, type Keyring, keysOf, mapLimit } from './keyring.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 
 /**
@@ -241,8 +242,8 @@ async function replaceKeks(
       await setProgress(progressDb(tx), tenantId, progress);
       for (const d of deks) {
         // Unwrap through the KEKs recorded now (cached if warm), wrap under each new KEK.
-        const entry = await keyring.getDek(d.id, tx);
-        const raw = entry.raw;
+        const entry = await keysOf(keyring).getDek(d.id, tx);
+        const raw = dekMaterial(entry).raw;
         if (prepared.length === 0) {
           const w = await keyring.timedKms('wrap', keyring.platformKek, tenantId, () =>
             keyring.platformKek.wrap(raw, { tenantId, dekId: d.id }),

@@ -15,7 +15,7 @@ import {
   RetrofitBusyError,
 } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
-import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { type AnyPgDatabase, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
 import { ident, keysIn, query, rangeSql, tableSql } from './sql.ts';
 import {
   type ResolvedColumn,
@@ -354,7 +354,7 @@ class Backfill {
     if (db === undefined || typeof (db as { execute?: unknown })?.execute !== 'function') {
       throw new ByokConfigError('backfill: `db` must be a Drizzle PostgreSQL database');
     }
-    if (keyring === undefined || typeof (keyring as Partial<Keyring>)?.getActiveDek !== 'function') {
+    if (keyring === undefined || !isKeyring(keyring)) {
       throw new ByokConfigError('backfill: `keyring` must come from createKeyring(...)');
     }
     this.db = db;
@@ -876,7 +876,7 @@ class Backfill {
       const wanted = [...tenants].filter((x) => !keys.failedTenants.has(x));
       for (const x of wanted) if (keys.active.get(x)?.evicted) keys.active.delete(x);
       const missing = wanted.filter((x) => !keys.active.has(x));
-      const loaded = await Promise.allSettled(missing.map((x) => this.keyring.getActiveDek(x)));
+      const loaded = await Promise.allSettled(missing.map((x) => keysOf(this.keyring).getActiveDek(x)));
       loaded.forEach((r, i) => {
         const tenantId = missing[i]!;
         if (r.status === 'fulfilled') keys.active.set(tenantId, r.value);
@@ -897,7 +897,7 @@ class Backfill {
       if ((have === undefined || have.evicted) && !keys.deadDeks.has(e.dekId)) ids.add(e.dekId);
     }
     const list = [...ids];
-    const loaded = await Promise.allSettled(list.map((id) => this.keyring.getDek(id)));
+    const loaded = await Promise.allSettled(list.map((id) => keysOf(this.keyring).getDek(id)));
     loaded.forEach((r, i) => {
       const id = list[i]!;
       if (r.status === 'fulfilled') keys.old.set(id, r.value);
@@ -991,7 +991,7 @@ class Backfill {
     if (old.tenantId !== tenant) return COUNT('unreadable');
     if (old.version > active.version) {
       // Written under a newer key than the one this process knows as active: ours is outdated.
-      this.keyring.cache.deactivate(tenant);
+      keysOf(this.keyring).cache.deactivate(tenant);
       keys.active.delete(tenant);
       return COUNT('alreadyDone');
     }
@@ -1050,7 +1050,7 @@ class Backfill {
           return;
         let plaintext: Buffer;
         try {
-          plaintext = open(kr.fieldKey(entry, c.state.context), stored.env);
+          plaintext = open(keysOf(kr).fieldKey(entry, c.state.context), stored.env);
         } catch {
           return; // left without an index value: the tenant's index is not marked built
         }
@@ -1064,7 +1064,7 @@ class Backfill {
         if (stored.kind === 'envelope') {
           try {
             const old = keys.old.get(stored.dekId)!;
-            plaintext = open(kr.fieldKey(old, c.state.context), stored.env);
+            plaintext = open(keysOf(kr).fieldKey(old, c.state.context), stored.env);
           } catch {
             actions[i] = COUNT('unreadable');
             return;
@@ -1347,7 +1347,7 @@ class Backfill {
       const id = active.get(tenant);
       keys.active.set(
         tenant,
-        id === undefined ? placeholderEntry(this.keyring, tenant) : await this.keyring.getDek(id),
+        id === undefined ? placeholderEntry(this.keyring, tenant) : await keysOf(this.keyring).getDek(id),
       );
     }
     return this.#loadKeys(rows, keys);
@@ -1373,7 +1373,7 @@ export async function activeDeks(
 
 /** A stand-in active key for a tenant that has none yet (dry run): encrypts with a throwaway key. */
 function placeholderEntry(keyring: Keyring, tenantId: string): DekEntry {
-  return keyring.cache.uncached(
+  return keysOf(keyring).cache.uncached(
     '00000000-0000-0000-0000-000000000000',
     Buffer.alloc(16),
     tenantId,

@@ -2,7 +2,7 @@ import { type SQL, sql } from 'drizzle-orm';
 import { openFor } from '../drizzle/columns.ts';
 import { ByokConfigError, isByokError, KmsThrottledError, KmsUnavailableError } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
-import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { backfillJobId } from './engine.ts';
 import { ident, query, rangeSql, tableSql } from './sql.ts';
 import {
@@ -151,7 +151,7 @@ export async function verifyBackfill(
         });
       }
       const list = [...ids];
-      const loaded = await Promise.allSettled(list.map((id) => keyring.getDek(id)));
+      const loaded = await Promise.allSettled(list.map((id) => keysOf(keyring).getDek(id)));
       loaded.forEach((r, i) => {
         if (r.status === 'fulfilled') entries.set(list[i]!, r.value);
         else if (isByokError(r.reason) && TRANSIENT.has(r.reason.code)) throw r.reason;
