@@ -199,7 +199,7 @@ await expectError("db.select().from(patients).where(eq(patients.name, 'x'))", En
 // 7. Stats --------------------------------------------------------------------------------------
 heading(7, 'Key cache and keyring.stats()');
 console.log(`   warm:  ${JSON.stringify(keyring.stats())}`);
-keyring.cache.clear();
+keyring.clearCache();
 const again = await keyring.withTenant(
   'acme',
   async () => await db.select().from(patients).where(eq(patients.tenantId, 'acme')),

@@ -105,7 +105,7 @@ const before = (await pg.query<{ body: Uint8Array }>(`select body from notes whe
 console.log(`   ${brief(await keyring.enableByok('acme', acmeKek(acmeKey.arn)))}`);
 const after = (await pg.query<{ body: Uint8Array }>(`select body from notes where id = 1`)).rows[0]!.body;
 console.log(`   row 1 ciphertext unchanged: ${Buffer.from(before).equals(Buffer.from(after))}`);
-keyring.cache.clear();
+keyring.clearCache();
 const [first] = await keyring.withTenant('acme', () => db.select().from(notes).where(eq(notes.id, 1)));
 console.log(
   `   read through acme's key: "${first!.body}" (Decrypt calls on acme's key: ${aws.counters.operation('Decrypt')})`,
@@ -116,7 +116,7 @@ for (const s of await keyring.checkHealth({ tenants: ['acme'] })) console.log(` 
 
 step(5, 'Acme disables its key: the platform loses access at once (after the cache, on every instance)');
 aws.setKeyState(acmeKey.arn, 'Disabled');
-keyring.cache.clear();
+keyring.clearCache();
 try {
   await keyring.withTenant('acme', () => db.select().from(notes).where(eq(notes.id, 2)));
 } catch (e) {

@@ -15,10 +15,24 @@ export const textCodec: Codec<string> = {
   name: 'text',
   encode(value) {
     if (typeof value !== 'string') throw new TypeError(`expected a string, got ${describe(value)}`);
+    assertWellFormed(value);
     return Buffer.from(value, 'utf8');
   },
   decode: (b) => b.toString('utf8'),
 };
+
+/**
+ * Refuses a string with a lone UTF-16 surrogate: UTF-8 cannot encode it, and encoding would
+ * silently turn it into U+FFFD (the value would not come back as given).
+ */
+export function assertWellFormed(value: string): void {
+  if (!(value as unknown as { isWellFormed(): boolean }).isWellFormed()) {
+    throw new TypeError(
+      'the string contains a lone UTF-16 surrogate (not valid Unicode); it cannot be stored exactly. ' +
+        'Fix the value (e.g. value.toWellFormed() if replacing it by U+FFFD is acceptable)',
+    );
+  }
+}
 
 export function jsonCodec<T>(): Codec<T> {
   return {

@@ -24,6 +24,7 @@ import {
   NO_MATCH,
   normalizeText,
 } from '../crypto/blind-hmac.ts';
+import { assertWellFormed } from '../crypto/codecs.ts';
 import { toBytes } from '../crypto/envelope.ts';
 import {
   ByokConfigError,
@@ -41,7 +42,7 @@ import {
   registryFor,
   store,
 } from './blind-keys.ts';
-import { type EncryptedColumnState, encryptedState } from './columns.ts';
+import { type EncryptedColumnState, encryptedState, refuseDatabaseDefaults } from './columns.ts';
 import { scopeStorage } from './scope.ts';
 import { nestedSql, trustSql, untrustSql } from './sql-walk.ts';
 
@@ -181,6 +182,7 @@ export function blindIndex(name: string, options: BlindIndexOptions): Built {
     fromDriver: (v: unknown) => (toBytes(v) ?? v) as Buffer,
   });
   const builder = type(name) as Built;
+  refuseDatabaseDefaults(builder, `blind index ${name}`);
   const hook = builder as unknown as { build: (table: Table) => PgColumn };
   const build = hook.build;
   hook.build = function (this: unknown, table: Table) {
@@ -288,6 +290,11 @@ export function indexInput(index: BlindIndexState, p: BlindParams, value: unknow
   if (src.state.codec.name === 'text') {
     if (typeof value !== 'string')
       throw new ByokConfigError(`blind index ${index.label}: expected a string, got a ${typeof value}`);
+    try {
+      assertWellFormed(value);
+    } catch (e) {
+      throw new ByokConfigError(`blind index ${index.label}: ${(e as Error).message}`);
+    }
     return Buffer.from(normalizeText(value, p), 'utf8');
   }
   try {

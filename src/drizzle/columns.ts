@@ -1,4 +1,4 @@
-import type { Table } from 'drizzle-orm';
+import { is, SQL, type Table } from 'drizzle-orm';
 import { customType, type PgColumn } from 'drizzle-orm/pg-core';
 import { type FieldKey, open, seal } from '../crypto/aead.ts';
 import {
@@ -283,6 +283,61 @@ export function passthrough(state: EncryptedColumnState, value: unknown): unknow
   throw new DecryptionFailedError({ column: state.label });
 }
 
+/**
+ * An encrypted column holds only ciphertext: a database default (`.default(...)`) or a generated
+ * expression would be stored as plaintext and never decrypt. Both are refused when the schema is
+ * built; `$defaultFn(() => value)` gives defaults that are encrypted like any other value.
+ */
+export function refuseDatabaseDefaults(builder: unknown, what: string): void {
+  const b = builder as {
+    default?: unknown;
+    generatedAlwaysAs?: unknown;
+    config?: { default?: unknown; generated?: unknown };
+  };
+  const c = b.config;
+  if (c !== undefined && (c.default !== undefined || c.generated !== undefined)) {
+    throw new ByokConfigError(
+      `${what}: a database default or generated value would be stored in plaintext and never decrypt. ` +
+        'Use .$defaultFn(() => value) instead: its values are encrypted like any other.',
+    );
+  }
+  const refuse = () => {
+    throw new ByokConfigError(
+      `${what}: .default(...) would be stored in plaintext by the database and never decrypt. ` +
+        'Use .$defaultFn(() => value) instead: its values are encrypted like any other.',
+    );
+  };
+  Object.defineProperty(b, 'default', { value: refuse, configurable: true, writable: true });
+  Object.defineProperty(b, 'generatedAlwaysAs', {
+    value: () => {
+      throw new ByokConfigError(
+        `${what}: a generated column is computed in SQL, in plaintext: encrypted columns cannot be generated`,
+      );
+    },
+    configurable: true,
+    writable: true,
+  });
+}
+
+/** `$defaultFn` / `$onUpdateFn` values are encrypted: an SQL expression returned by one is refused. */
+function encryptedFunctionValues(col: PgColumn, label: string): void {
+  const c = col as unknown as { defaultFn?: () => unknown; onUpdateFn?: () => unknown };
+  for (const key of ['defaultFn', 'onUpdateFn'] as const) {
+    const fn = c[key];
+    if (typeof fn !== 'function') continue;
+    c[key] = () => {
+      const v = fn();
+      if (is(v, SQL)) {
+        throw new ByokConfigError(
+          `encrypted column ${label}: $${key} returned an SQL expression, which the database would ` +
+            'store in plaintext; return a value (it is encrypted)',
+        );
+      }
+      return v;
+    };
+  }
+}
+
 type Built<T> = ReturnType<ReturnType<typeof customType<{ data: T; driverData: Buffer | string }>>>;
 
 function encryptedType<T>(codecFactory: () => Codec<T>) {
@@ -311,9 +366,11 @@ function encryptedType<T>(codecFactory: () => Codec<T>) {
       fromDriver: fromDriver as unknown as (value: Buffer | string) => T,
     });
     const builder = (name === undefined ? type() : type(name)) as Built<T>;
+    refuseDatabaseDefaults(builder, `encrypted column${name === undefined ? '' : ` ${name}`}`);
     const hook = builder as unknown as { build: (table: Table) => PgColumn };
     const build = hook.build;
     hook.build = function (this: unknown, table: Table) {
+      refuseDatabaseDefaults(this, `encrypted column ${(this as { config: { name: string } }).config.name}`);
       const col = build.call(this, table);
       const schema = (table as unknown as Record<symbol, string | undefined>)[TABLE_SCHEMA] ?? 'public';
       const tableName = (table as unknown as Record<symbol, string>)[TABLE_ORIGINAL_NAME];
@@ -326,6 +383,7 @@ function encryptedType<T>(codecFactory: () => Codec<T>) {
         memo: undefined,
       };
       Object.defineProperty(col, COLUMN_STATE, { value: state, enumerable: false });
+      encryptedFunctionValues(col, state.label);
       return col;
     };
     return builder;
