@@ -26,7 +26,9 @@ export {
   rotateBlindIndex,
 } from './drizzle/blind-reindex.ts';
 export { BLIND_INDEX_MIGRATION } from './drizzle/blind-schema.ts';
+export { rawCiphertext, restoreCiphertext } from './drizzle/guard.ts';
 export { decryptRows } from './drizzle/raw.ts';
+export { type CiphertextBinding, reencrypt } from './drizzle/reencrypt.ts';
 export { currentTenant, withAnyTenant, withTenant } from './drizzle/scope.ts';
 export * from './errors.ts';
 export type { DekCacheOptions } from './keys/cache.ts';

@@ -220,7 +220,7 @@ export function openFor(
 }
 
 /** Parses a stored value into envelope bytes; undefined means "plaintext" (passthrough modes). */
-function envelopeOf(state: EncryptedColumnState, value: unknown): Buffer | undefined {
+export function envelopeOf(state: EncryptedColumnState, value: unknown): Buffer | undefined {
   if (state.storage === 'text') {
     if (typeof value !== 'string' || !value.startsWith(TEXT_PREFIX)) return undefined;
     const b = Buffer.from(value.slice(TEXT_PREFIX.length), 'base64');
