@@ -724,9 +724,9 @@ function checkRelational(args: RelationalArgs): void {
   const where = typeof config.where === 'function' ? config.where(aliased, getOperators()) : config.where;
   if (where !== undefined) expr(where, 'a relational query where');
   const extras = typeof config.extras === 'function' ? config.extras(aliased, { sql }) : config.extras;
-  for (const v of Object.values((extras ?? {}) as Record<string, unknown>)) {
-    slot(v, 'relational query extras');
-  }
+  // Drizzle rebuilds extras without their decoder (`.mapWith` is lost): no ciphertext in them at all.
+  for (const v of Object.values((extras ?? {}) as Record<string, unknown>))
+    expr(v, 'relational query extras');
   let orderBy =
     typeof config.orderBy === 'function' ? config.orderBy(aliased, getOrderByOperators()) : config.orderBy;
   if (orderBy !== undefined && !Array.isArray(orderBy)) orderBy = [orderBy];

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { PGlite } from '@electric-sql/pglite';
+import type { Logger } from 'drizzle-orm';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
@@ -30,8 +31,9 @@ export async function openDb(
   driver: DriverName,
   schema?: Record<string, any>,
   pglite?: PGlite,
+  logger?: Logger,
 ): Promise<TestDb> {
-  const config = schema === undefined ? {} : { schema };
+  const config = { ...(schema === undefined ? {} : { schema }), ...(logger === undefined ? {} : { logger }) };
   if (driver === 'postgres-js') {
     const client = postgres(DATABASE_URL!, { max: 8, onnotice: () => {} });
     return {

@@ -1,4 +1,5 @@
 import type { PGlite } from '@electric-sql/pglite';
+import type { Logger } from 'drizzle-orm';
 import {
   createKeyring,
   type Kek,
@@ -28,10 +29,12 @@ export async function setupEncryptedDb(
     pglite?: PGlite;
     schemaName?: string;
     createTables?: boolean;
+    /** Drizzle logger: sees every statement and its parameters as the driver receives them. */
+    logger?: Logger;
   } = {},
 ): Promise<EncryptedDb> {
   const s = makeSchema(options.schemaName ?? uniqueName('byok_test'));
-  const tdb = await openDb(driver, s.relational, options.pglite);
+  const tdb = await openDb(driver, s.relational, options.pglite, options.logger);
   const kek = options.kek ? countingKek(options.kek) : countingKek();
   const keyring = createKeyring({ db: tdb.db, platformKek: kek, ...options.keyring });
   withEncryption(tdb.db, keyring, { tenantColumn: 'tenant_id' });
