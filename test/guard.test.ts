@@ -286,9 +286,7 @@ describe.each(DRIVERS)('fail-closed guard on %s', (driver) => {
         where: (x: typeof e.s.patients, { eq }: { eq: typeof import('drizzle-orm').eq }) => eq(x.id, p.id),
         with: { visits: { columns: { reason: true }, where: isNotNull(e.s.visits.reason) } },
       });
-      expect(rel).toEqual([
-        expect.objectContaining({ name: 'Rel', visits: [{ reason: 'flu' }] }),
-      ]);
+      expect(rel).toEqual([expect.objectContaining({ name: 'Rel', visits: [{ reason: 'flu' }] })]);
       expect(await e.db.$count(a, isNull(a.email))).toBe(1);
     });
   });
