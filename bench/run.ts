@@ -13,11 +13,18 @@
  */
 import { blindIndexBench } from './blind-index.ts';
 import { cryptoBench } from './crypto.ts';
+import { guardBench } from './guard.ts';
 import type { Section } from './lib.ts';
 import { retrofitBench } from './retrofit.ts';
 import { selectBench } from './select.ts';
 
-export const sections: readonly Section[] = [cryptoBench, selectBench, retrofitBench, blindIndexBench];
+export const sections: readonly Section[] = [
+  cryptoBench,
+  selectBench,
+  guardBench,
+  retrofitBench,
+  blindIndexBench,
+];
 
 async function main(): Promise<number> {
   const args = process.argv.slice(2);

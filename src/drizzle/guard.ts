@@ -132,7 +132,8 @@ function exprSql(s: SQL, site: string): void {
     return;
   }
   const chunks = s.queryChunks;
-  if (isNullCheck(chunks) || isExists(chunks) || isBlindLookup(chunks)) return;
+  const u = unary(chunks);
+  if ((u !== undefined && (isNullCheck(u) || isExists(u))) || isBlindLookup(chunks)) return;
   for (const x of chunks) expr(x, site);
 }
 
@@ -147,32 +148,48 @@ function subqueryValue(s: SQL, site: string): void {
     if (slot.guard !== undefined) refuse(slot.guard, `a subquery used as a value (${site})`);
 }
 
-function textOf(chunks: readonly unknown[]): { text: string; operands: unknown[]; leading: boolean } {
+/**
+ * The single operand of a node `<text> <operand> <text>` and its text (trimmed, lower case, one
+ * space), or undefined when the node has another number of operands. Most nodes have more than
+ * one: they are rejected before any string is built.
+ */
+interface Unary {
+  readonly text: string;
+  readonly operand: unknown;
+  readonly leading: boolean;
+}
+
+function unary(chunks: readonly unknown[]): Unary | undefined {
+  let operand: unknown;
+  let n = 0;
+  for (const x of chunks) {
+    if (!(x instanceof StringChunk) && x !== undefined && ++n > 1) return undefined;
+    if (!(x instanceof StringChunk) && x !== undefined) operand = x;
+  }
+  if (n !== 1) return undefined;
   let text = '';
   let leading = false;
-  const operands: unknown[] = [];
+  let seen = false;
   for (const x of chunks) {
     if (x instanceof StringChunk) {
       const t = x.value.join('');
-      if (operands.length === 0 && t.trim() !== '') leading = true;
+      if (!seen && t.trim() !== '') leading = true;
       text += t;
-    } else if (x !== undefined) operands.push(x);
+    } else if (x !== undefined) seen = true;
   }
-  return { text: text.trim().toLowerCase().replace(/\s+/g, ' '), operands, leading };
+  return { text: text.trim().toLowerCase().replace(/\s+/g, ' '), operand, leading };
 }
 
 /** `isNull(col)` / `isNotNull(col)`: `<column> is [not] null`, the column bare or as `sql\`${col}\``. */
-function isNullCheck(chunks: readonly unknown[]): boolean {
-  const { text, operands, leading } = textOf(chunks);
-  if (leading || operands.length !== 1 || (text !== 'is null' && text !== 'is not null')) return false;
-  return bareColumn(operands[0]) !== undefined;
+function isNullCheck(u: Unary): boolean {
+  if (u.leading || (u.text !== 'is null' && u.text !== 'is not null')) return false;
+  return bareColumn(u.operand) !== undefined;
 }
 
 /** `exists(subquery)` / `notExists(...)`: the subquery's projection is not used. */
-function isExists(chunks: readonly unknown[]): boolean {
-  const { text, operands } = textOf(chunks);
-  if (operands.length !== 1 || (text !== 'exists' && text !== 'not exists')) return false;
-  const q = operands[0] as object;
+function isExists(u: Unary): boolean {
+  if (u.text !== 'exists' && u.text !== 'not exists') return false;
+  const q = u.operand as object;
   const inner = is(q, Subquery)
     ? (q as unknown as { _: { sql: SQL } })._.sql
     : is(q, SQL)
