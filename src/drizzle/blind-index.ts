@@ -768,7 +768,9 @@ export function rewriteBlindLookups(root: SQL, tenantColumn: string | undefined)
   const visit = (chunks: readonly unknown[]) => {
     for (const c of chunks) {
       if (c === null || typeof c !== 'object' || c instanceof StringChunk) continue;
-      if (is(c, SQL)) visitSql(c as SQL);
+      // fast paths: leaves that hold no SQL (values, params)
+      if (c instanceof Param || ArrayBuffer.isView(c) || c instanceof Date) continue;
+      if (c instanceof SQL || is(c, SQL)) visitSql(c as SQL);
       else if (Array.isArray(c)) visit(c);
       else {
         const inner = nestedSql(c);
