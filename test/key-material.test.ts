@@ -78,7 +78,22 @@ describe('no key bytes reachable from the public API', () => {
 
   it('the keyring exposes no data key accessors', () => {
     const k = e.keyring as unknown as Record<string, unknown>;
-    for (const name of ['getDek', 'getActiveDek', 'getDekVersion', 'fieldKey', 'derivedKey', 'cache']) {
+    expect(e.keyring.platformKeyRef).toBe(e.kek.keyRef);
+    for (const name of [
+      'getDek',
+      'getActiveDek',
+      'getDekVersion',
+      'fieldKey',
+      'derivedKey',
+      'cache',
+      // what unwraps data keys or opens KEK credentials is internal too
+      'platformKek',
+      'platformKekFor',
+      'kekFor',
+      'openSecret',
+      'sealSecret',
+      'createDek',
+    ]) {
       expect(k[name]).toBeUndefined();
     }
   });

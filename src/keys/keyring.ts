@@ -87,7 +87,7 @@ interface DekRow {
   readonly state: string;
   readonly wraps: WrapRow[];
 }
-interface KekRow {
+export interface KekRow {
   readonly id: string;
   readonly tenantId: string;
   readonly kind: string;
@@ -123,7 +123,7 @@ const FAILOVER_CODES = new Set([KmsUnavailableError.code, KmsThrottledError.code
  */
 export class Keyring {
   readonly db: AnyPgDatabase;
-  readonly platformKek: Kek;
+  readonly #platformKek: Kek;
   readonly #cache: DekCache;
   readonly #keys: KeyAccess;
   readonly #previousPlatform: Map<string, Kek>;
@@ -156,7 +156,7 @@ export class Keyring {
     }
     assertKek(options.platformKek, 'createKeyring: `platformKek`');
     this.db = options.db;
-    this.platformKek = options.platformKek;
+    this.#platformKek = options.platformKek;
     this.#previousPlatform = new Map((options.previousPlatformKeks ?? []).map((k) => [k.keyRef, k]));
     this.#factories = options.kekFactories ?? {};
     this.#cache = new DekCache(options.cache);
@@ -181,6 +181,12 @@ export class Keyring {
       getActiveDek: (tenantId, txDb) => this.#getActiveDek(tenantId, txDb),
       fieldKey: (entry, context) => this.#fieldKey(entry, context),
       derivedKey: (entry, label, context) => this.#derivedKey(entry, label, context),
+      platformKek: this.#platformKek,
+      platformKekFor: (keyRef) => this.#platformKekFor(keyRef),
+      kekFor: (row) => this.#kekFor(row),
+      sealSecret: (tenantId, kekId, secret) => this.#sealSecret(tenantId, kekId, secret),
+      openSecret: (tenantId, kekId, row) => this.#openSecret(tenantId, kekId, row),
+      createDek: (tenantId, options) => this.#createDek(tenantId, options),
     };
     this.#activeLoader = new DataLoader((tenants) => this.#loadActive(tenants), {
       cache: false,
@@ -218,14 +224,19 @@ export class Keyring {
     return { ...this.#stats, cachedKeys: this.#cache.size };
   }
 
+  /** Key reference of the platform KEK (the KEK itself is not reachable from the keyring). */
+  get platformKeyRef(): string {
+    return this.#platformKek.keyRef;
+  }
+
   /** Key references of the configured previous platform KEKs. */
   get previousPlatformKeyRefs(): string[] {
     return [...this.#previousPlatform.keys()];
   }
 
   /** The platform KEK (current or previous) with this key reference, if configured. */
-  platformKekFor(keyRef: string): Kek | undefined {
-    return keyRef === this.platformKek.keyRef ? this.platformKek : this.#previousPlatform.get(keyRef);
+  #platformKekFor(keyRef: string): Kek | undefined {
+    return keyRef === this.#platformKek.keyRef ? this.#platformKek : this.#previousPlatform.get(keyRef);
   }
 
   /**
@@ -593,11 +604,11 @@ export class Keyring {
   }
 
   toJSON(): unknown {
-    return { type: 'Keyring', platformKek: this.platformKek.keyRef, cachedKeys: this.#cache.size };
+    return { type: 'Keyring', platformKek: this.#platformKek.keyRef, cachedKeys: this.#cache.size };
   }
 
   [inspect.custom](): string {
-    return `Keyring { platformKek: '${this.platformKek.keyRef}', cachedKeys: ${this.#cache.size} }`;
+    return `Keyring { platformKek: '${this.#platformKek.keyRef}', cachedKeys: ${this.#cache.size} }`;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -751,13 +762,13 @@ export class Keyring {
     for (const w of row.wraps) {
       if (w.kekId === null) {
         const kek =
-          w.kekRef === this.platformKek.keyRef ? this.platformKek : this.#previousPlatform.get(w.kekRef);
+          w.kekRef === this.#platformKek.keyRef ? this.#platformKek : this.#previousPlatform.get(w.kekRef);
         if (kek !== undefined)
           candidates.push({ kek: async () => kek, wrap: w, region: kek.region ?? null, priority: 1000 });
       } else {
         const kr = kekRows.get(w.kekId);
         if (kr !== undefined)
-          candidates.push({ kek: () => this.kekFor(kr), wrap: w, region: kr.region, priority: kr.priority });
+          candidates.push({ kek: () => this.#kekFor(kr), wrap: w, region: kr.region, priority: kr.priority });
       }
     }
     if (candidates.length === 0) {
@@ -871,7 +882,7 @@ export class Keyring {
   }
 
   /** The KEK instance for a stored KEK row (built once per row, secrets decrypted with the platform key). */
-  kekFor(row: KekRow): Promise<Kek> {
+  #kekFor(row: KekRow): Promise<Kek> {
     let p = this.#kekInstances.get(row.id);
     if (p === undefined) {
       const ids = this.#kekIdsByTenant.get(row.tenantId) ?? new Set<string>();
@@ -893,7 +904,7 @@ export class Keyring {
         { tenantId: row.tenantId },
       );
     }
-    const secret = row.secret === null ? undefined : await this.openSecret(row.tenantId, row.id, row);
+    const secret = row.secret === null ? undefined : await this.#openSecret(row.tenantId, row.id, row);
     const config: KekConfig = {
       kind: row.kind as KekConfig['kind'],
       params: row.params as Record<string, unknown>,
@@ -915,14 +926,14 @@ export class Keyring {
   // Secrets of KEK configuration, encrypted under the platform key
 
   /** Encrypts a KEK's secret parameters: a fresh key wrapped by the platform KEK, AES-GCM over the JSON. */
-  async sealSecret(
+  async #sealSecret(
     tenantId: string,
     kekId: string,
     secret: Readonly<Record<string, unknown>>,
   ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string }> {
     const key = randomBytes(32);
     try {
-      const wrapped = await this.platformKek.wrap(key, { tenantId, dekId: kekId });
+      const wrapped = await this.#platformKek.wrap(key, { tenantId, dekId: kekId });
       const iv = randomBytes(12);
       const c = createCipheriv('aes-256-gcm', key, iv);
       c.setAAD(Buffer.from(`byok-kek-secret|${tenantId}|${kekId}`));
@@ -930,22 +941,22 @@ export class Keyring {
       return {
         secret: Buffer.concat([iv, body, c.getAuthTag()]),
         secretKey: Buffer.from(wrapped),
-        secretKeyRef: this.platformKek.keyRef,
+        secretKeyRef: this.#platformKek.keyRef,
       };
     } finally {
       key.fill(0);
     }
   }
 
-  async openSecret(
+  async #openSecret(
     tenantId: string,
     kekId: string,
     row: { secret: Buffer | null; secretKey: Buffer | null; secretKeyRef: string | null },
   ): Promise<Record<string, unknown>> {
     if (row.secret === null || row.secretKey === null) return {};
     const kek =
-      row.secretKeyRef === this.platformKek.keyRef
-        ? this.platformKek
+      row.secretKeyRef === this.#platformKek.keyRef
+        ? this.#platformKek
         : this.#previousPlatform.get(row.secretKeyRef ?? '');
     if (kek === undefined) {
       throw new ByokConfigError(
@@ -997,14 +1008,14 @@ export class Keyring {
   ): Promise<{ kekId: string | null; kekRef: string; wrapped: Buffer }[]> {
     const context = { tenantId, dekId };
     if (keks.length === 0) {
-      const w = await this.timedKms('wrap', this.platformKek, tenantId, () =>
-        this.platformKek.wrap(raw, context),
+      const w = await this.timedKms('wrap', this.#platformKek, tenantId, () =>
+        this.#platformKek.wrap(raw, context),
       );
-      return [{ kekId: null, kekRef: this.platformKek.keyRef, wrapped: Buffer.from(w) }];
+      return [{ kekId: null, kekRef: this.#platformKek.keyRef, wrapped: Buffer.from(w) }];
     }
     return Promise.all(
       keks.map(async (k) => {
-        const kek = await this.kekFor(k);
+        const kek = await this.#kekFor(k);
         const w = await this.timedKms('wrap', kek, tenantId, () => kek.wrap(raw, context));
         return { kekId: k.id, kekRef: k.keyRef, wrapped: Buffer.from(w) };
       }),
@@ -1015,7 +1026,7 @@ export class Keyring {
    * Creates a new data key version for a tenant. With `rotate: false` (first write), an existing
    * active key wins the race and is returned instead. Serialized per tenant by an advisory lock.
    */
-  async createDek(
+  async #createDek(
     tenantId: string,
     options: { rotate: boolean; db?: AnyPgDatabase; cache?: boolean },
   ): Promise<DekEntry> {
@@ -1098,7 +1109,7 @@ export class Keyring {
   }
 
   #createActiveDek(tenantId: string): Promise<DekEntry> {
-    return this.createDek(tenantId, { rotate: false });
+    return this.#createDek(tenantId, { rotate: false });
   }
 
   /** Loads (or creates) one data key through a transaction, without caching it. */
@@ -1126,7 +1137,7 @@ export class Keyring {
         throw new KeyNotFoundError(
           `data key ${key.id} does not exist in the key store (wrong database, or deleted)`,
         );
-      return this.createDek(key.tenantId, { rotate: false, db: txDb, cache: false });
+      return this.#createDek(key.tenantId, { rotate: false, db: txDb, cache: false });
     }
     const entries = await this.#unwrapAll([row], txDb, false);
     const e = entries.get(row.id)!;
@@ -1147,6 +1158,24 @@ export interface KeyAccess {
   getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry>;
   fieldKey(entry: DekEntry, context: string): FieldKey;
   derivedKey(entry: DekEntry, label: string, context: string): KeyObject;
+  /** The platform KEK (it unwraps data keys: internal like them). */
+  readonly platformKek: Kek;
+  platformKekFor(keyRef: string): Kek | undefined;
+  kekFor(row: KekRow): Promise<Kek>;
+  sealSecret(
+    tenantId: string,
+    kekId: string,
+    secret: Readonly<Record<string, unknown>>,
+  ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string }>;
+  openSecret(
+    tenantId: string,
+    kekId: string,
+    row: { secret: Buffer | null; secretKey: Buffer | null; secretKeyRef: string | null },
+  ): Promise<Record<string, unknown>>;
+  createDek(
+    tenantId: string,
+    options: { rotate: boolean; db?: AnyPgDatabase; cache?: boolean },
+  ): Promise<DekEntry>;
 }
 
 /** The key access of a keyring (library-internal). */

@@ -185,7 +185,7 @@ async function replaceKeks(
 ): Promise<TenantStatus> {
   assertTenantId(tenantId);
   const started = performance.now();
-  const keyRef = change.keks.map((k) => k.keyRef).join(',') || keyring.platformKek.keyRef;
+  const keyRef = change.keks.map((k) => k.keyRef).join(',') || keysOf(keyring).platformKek.keyRef;
   try {
     await checkMode(keyring, tenantId, change.operation);
     for (const kek of change.keks) await verifyKek(keyring, tenantId, kek);
@@ -197,7 +197,7 @@ async function replaceKeks(
         const sealed =
           config.secret === undefined || Object.keys(config.secret).length === 0
             ? undefined
-            : await keyring.sealSecret(tenantId, id, config.secret);
+            : await keysOf(keyring).sealSecret(tenantId, id, config.secret);
         return { id, kek, priority, config, sealed };
       }),
     );
@@ -245,12 +245,17 @@ async function replaceKeks(
         const entry = await keysOf(keyring).getDek(d.id, tx);
         const raw = dekMaterial(entry).raw;
         if (prepared.length === 0) {
-          const w = await keyring.timedKms('wrap', keyring.platformKek, tenantId, () =>
-            keyring.platformKek.wrap(raw, { tenantId, dekId: d.id }),
+          const w = await keyring.timedKms('wrap', keysOf(keyring).platformKek, tenantId, () =>
+            keysOf(keyring).platformKek.wrap(raw, { tenantId, dekId: d.id }),
           );
           await tx
             .insert(byokDekWraps)
-            .values({ dekId: d.id, kekId: null, kekRef: keyring.platformKek.keyRef, wrapped: Buffer.from(w) })
+            .values({
+              dekId: d.id,
+              kekId: null,
+              kekRef: keysOf(keyring).platformKek.keyRef,
+              wrapped: Buffer.from(w),
+            })
             .onConflictDoUpdate({
               target: [byokDekWraps.dekId, byokDekWraps.kekRef],
               set: { wrapped: Buffer.from(w), kekId: null },
@@ -431,7 +436,7 @@ export async function rotateDek(
   assertTenantId(tenantId);
   const started = performance.now();
   return scopeStorage.exit(async () => {
-    const entry = await keyring.createDek(tenantId, { rotate: true });
+    const entry = await keysOf(keyring).createDek(tenantId, { rotate: true });
     await keyring.notify(keyring.db, tenantId, 'rotate-dek');
     keyring.emit({
       type: 'lifecycle',
@@ -631,7 +636,7 @@ export async function checkHealth(
       let health = 'ok';
       let lastError: string | null = null;
       try {
-        const kek = await keyring.kekFor(row as never);
+        const kek = await keysOf(keyring).kekFor(row as never);
         const d = await keyring.timedKms('describe', kek, row.tenantId, () => kek.describe());
         if (d.state !== 'enabled')
           throw new KeyDisabledError(`${row.keyRef} is ${d.providerState ?? d.state}`, {
@@ -671,7 +676,7 @@ export async function rewrapPlatform(
   keyring: Keyring,
   options: { batchSize?: number } = {},
 ): Promise<{ dataKeys: number; secrets: number; remaining: number }> {
-  const current = keyring.platformKek.keyRef;
+  const current = keysOf(keyring).platformKek.keyRef;
   const previous = keyring.previousPlatformKeyRefs;
   const batch = options.batchSize ?? 100;
   return scopeStorage.exit(async () => {
@@ -692,7 +697,7 @@ export async function rewrapPlatform(
         .limit(batch);
       if (wraps.length === 0) break;
       for (const w of wraps) {
-        const old = keyring.platformKekFor(w.kekRef);
+        const old = keysOf(keyring).platformKekFor(w.kekRef);
         if (old === undefined) {
           throw new ByokConfigError(
             `data key ${w.dekId} of tenant ${w.tenantId} is wrapped under platform key ${w.kekRef}: add it to previousPlatformKeks`,
@@ -705,8 +710,8 @@ export async function rewrapPlatform(
         );
         try {
           const wrapped = Buffer.from(
-            await keyring.timedKms('wrap', keyring.platformKek, w.tenantId, () =>
-              keyring.platformKek.wrap(raw, context),
+            await keyring.timedKms('wrap', keysOf(keyring).platformKek, w.tenantId, () =>
+              keysOf(keyring).platformKek.wrap(raw, context),
             ),
           );
           await db.transaction(async (tx) => {
@@ -733,8 +738,8 @@ export async function rewrapPlatform(
             .from(byokKeks)
             .where(and(sql`${byokKeks.secret} is not null`, inArray(byokKeks.secretKeyRef, previous)));
     for (const k of sealed) {
-      const secret = await keyring.openSecret(k.tenantId, k.id, k);
-      const resealed = await keyring.sealSecret(k.tenantId, k.id, secret);
+      const secret = await keysOf(keyring).openSecret(k.tenantId, k.id, k);
+      const resealed = await keysOf(keyring).sealSecret(k.tenantId, k.id, secret);
       await db.update(byokKeks).set(resealed).where(eq(byokKeks.id, k.id));
     }
     const [left] = (await rows(
