@@ -7,6 +7,8 @@ export default defineConfig({
     aws: 'src/kms/aws.ts',
     gcp: 'src/kms/gcp.ts',
     testing: 'src/testing/index.ts',
+    'testing/aws': 'src/testing/aws.ts',
+    'testing/gcp': 'src/testing/gcp.ts',
     cli: 'src/cli/main.ts',
   },
   format: ['esm', 'cjs'],

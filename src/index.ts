@@ -46,8 +46,29 @@ export {
   type TenantStatus,
   verifyKek,
 } from './keys/lifecycle.ts';
+export type { Heartbeat, HeartbeatOptions, HeartbeatTick } from './keys/heartbeat.ts';
+export type {
+  AwsOnboarding,
+  AwsOnboardingOptions,
+  AwsPolicyDocument,
+  AwsPolicyStatement,
+  GcpOnboarding,
+  GcpOnboardingOptions,
+  Onboarding,
+  OnboardingOptions,
+} from './keys/onboarding.ts';
+export type { RewrapMovedResult } from './keys/rewrap-moved.ts';
+export { KEY_IDENTITY_MIGRATION } from './keys/identity-schema.ts';
 export { installKeyStore, KEY_STORE_MIGRATION } from './keys/store.ts';
-export type { Kek, KekConfig, KekFactory, KekKind, KeyDescription, WrapContext } from './kms/kek.ts';
+export type {
+  Kek,
+  KekConfig,
+  KekFactory,
+  KekKind,
+  KeyDescription,
+  WrapContext,
+  WrapResult,
+} from './kms/kek.ts';
 export { type LocalKekOptions, localKek } from './kms/local.ts';
 /** Retrofit: encrypt existing plaintext columns online, resumably (see docs/retrofit.md). */
 export {

@@ -4,3 +4,5 @@ export * from './keys/schema.ts';
 export { byokRetrofitChunks, byokRetrofitJobs } from './migrate/schema.ts';
 /** Blind index key versions (`migrations/0003_blind_index.sql`). */
 export { byokBlindIndexKeys } from './drizzle/blind-schema.ts';
+/** Tenant onboarding records (`migrations/0004_key_identity.sql`). */
+export { byokOnboarding } from './keys/identity-schema.ts';

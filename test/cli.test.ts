@@ -69,7 +69,11 @@ function cliTty(args: string[], env: Record<string, string>): Run {
 
 const json = (r: Run) => JSON.parse(r.stdout) as Record<string, any>;
 
-describe(`drizzle-byok CLI (spawned; ${DATABASE_URL ? 'PostgreSQL' : 'PGlite data directory'})`, () => {
+// Each test spawns the CLI 10-20 times (a Node start, TypeScript stripping and a config load each):
+// on a loaded 2-core machine that alone can pass the default 60 s.
+describe(`drizzle-byok CLI (spawned; ${DATABASE_URL ? 'PostgreSQL' : 'PGlite data directory'})`, {
+  timeout: 180_000,
+}, () => {
   const schema = uniqueName('cli');
   const prefix = uniqueName('ct');
   const N = 3000;

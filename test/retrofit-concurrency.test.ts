@@ -66,7 +66,10 @@ async function collect(w: Spawned): Promise<{ keys: string[]; commits: number; r
   return { keys, commits, result };
 }
 
-describe(`retrofit under concurrency (${DATABASE_URL ? 'PostgreSQL, worker processes' : 'PGlite, workers in-process'})`, () => {
+// 100,000 rows through worker processes: on a loaded 2-core machine this can pass the default 60 s.
+describe(`retrofit under concurrency (${DATABASE_URL ? 'PostgreSQL, worker processes' : 'PGlite, workers in-process'})`, {
+  timeout: 180_000,
+}, () => {
   let pglite: PGlite | undefined;
   let tdb: TestDb;
   let keyring: Keyring;

@@ -28,6 +28,15 @@ Keys (one tenant's key lifecycle):
   keys disable <tenant>                             back to the platform key
   keys health [--tenant X]...                       check every BYOK tenant's keys (exit 3 if any is not ok)
   keys shred   <tenant> --confirm <tenant>          destroy every data key: the tenant's data is gone
+  keys onboard <tenant> --aws|--gcp --region R...   artifacts for the tenant's key admin: key policy,
+               [--format text|json|shell|terraform]  role trust with the external id issued (and stored),
+                                                    aws/gcloud commands, Terraform
+       --aws --platform-principal ARN --tenant-account ID [--role-name N] [--key-alias alias/N]
+             [--rotate-external-id]
+       --gcp --service-account EMAIL --project ID [--key-ring R] [--key-id K]
+  keys rewrap-platform [--batch-size N]             after replacing the platform key: re-wrap data keys
+                                                    under previousPlatformKeks (exit 3 if some remain)
+  keys rewrap-moved <tenant>                        re-wrap data keys still under a key an alias left
 
   KEK: --kek NAME (from the config's \`keks\`)
      | --aws-key-arn ARN... [--aws-role-arn ARN --external-id ID] [--aws-region R]
@@ -78,6 +87,19 @@ const OPTIONS = {
   'gcp-insecure': { type: 'boolean' },
   'gcp-credentials': { type: 'string' },
   confirm: { type: 'string' },
+  aws: { type: 'boolean' },
+  gcp: { type: 'boolean' },
+  format: { type: 'string' },
+  region: { type: 'string', multiple: true },
+  'platform-principal': { type: 'string' },
+  'tenant-account': { type: 'string' },
+  'role-name': { type: 'string' },
+  'key-alias': { type: 'string' },
+  'rotate-external-id': { type: 'boolean' },
+  'service-account': { type: 'string' },
+  project: { type: 'string' },
+  'key-ring': { type: 'string' },
+  'key-id': { type: 'string' },
 } as const;
 
 const COMMON = ['config', 'json', 'help', 'no-progress', 'progress-every'];
@@ -120,6 +142,23 @@ const ALLOWED: Record<string, readonly string[]> = {
   'keys disable': ['dry-run'],
   'keys health': ['tenant'],
   'keys shred': ['confirm', 'dry-run'],
+  'keys onboard': [
+    'aws',
+    'gcp',
+    'format',
+    'region',
+    'platform-principal',
+    'tenant-account',
+    'role-name',
+    'key-alias',
+    'rotate-external-id',
+    'service-account',
+    'project',
+    'key-ring',
+    'key-id',
+  ],
+  'keys rewrap-platform': ['batch-size'],
+  'keys rewrap-moved': [],
 };
 
 export interface RunOptions {
@@ -156,7 +195,7 @@ export async function runCli(argv: readonly string[], io: Io, options: RunOption
               .filter((k) => k.startsWith(`${group} `))
               .map((k) => k.slice(group.length + 1))
               .join(', ')}`
-          : 'commands: migrate plan|run|verify|rollback|install, keys status|enable|rotate|disable|health|shred';
+          : 'commands: migrate plan|run|verify|rollback|install, keys status|enable|rotate|disable|health|shred|onboard|rewrap-platform|rewrap-moved';
       throw new UsageError(`unknown command "${name}": ${hint}. See drizzle-byok --help`);
     }
     for (const f of Object.keys(flags)) {

@@ -2,10 +2,14 @@ import { readFileSync } from 'node:fs';
 import { verifyKek } from '../keys/lifecycle.ts';
 import type { TenantStatus } from '../keys/lifecycle.ts';
 import type { Kek } from '../kms/kek.ts';
+import { issuedExternalId } from '../keys/onboarding.ts';
 import { type Context, EXIT, type Flags, UsageError } from './context.ts';
+import { onboardCommand, rewrapMovedCommand, rewrapPlatformCommand } from './keys-byok.ts';
 import type { LoadedConfig } from './config.ts';
 
 export async function keysCommand(sub: string, ctx: Context): Promise<number> {
+  if (sub === 'onboard') return onboardCommand(ctx);
+  if (sub === 'rewrap-platform') return rewrapPlatformCommand(ctx);
   const loaded = await ctx.config();
   const kr = loaded.keyring;
   const dry = ctx.flags['dry-run'] === true;
@@ -119,6 +123,8 @@ export async function keysCommand(sub: string, ctx: Context): Promise<number> {
       ctx.out(r, () => `tenant ${tenant} shredded: ${r.destroyedVersions} data key version(s) destroyed`);
       return EXIT.ok;
     }
+    case 'rewrap-moved':
+      return rewrapMovedCommand(ctx);
     default:
       throw new UsageError(`unknown command "keys ${sub}"`);
   }
@@ -161,9 +167,18 @@ async function keksFromFlags(f: Flags, loaded: LoadedConfig, tenant: string): Pr
   if (aws.length > 0) {
     const { awsKms } = await import('../kms/aws.ts');
     const roleArn = f['aws-role-arn'] as string | undefined;
-    const externalId = f['external-id'] as string | undefined;
-    if ((roleArn === undefined) !== (externalId === undefined)) {
-      throw new UsageError('--aws-role-arn and --external-id go together (cross-account access needs both)');
+    let externalId = f['external-id'] as string | undefined;
+    if (roleArn === undefined && externalId !== undefined) {
+      throw new UsageError('--external-id needs --aws-role-arn (the role whose trust policy requires it)');
+    }
+    if (roleArn !== undefined && externalId === undefined) {
+      // The external id `keys onboard` issued to this tenant (enableByok checks it in any case).
+      externalId = (await issuedExternalId(loaded.keyring, tenant)) ?? undefined;
+      if (externalId === undefined) {
+        throw new UsageError(
+          `--aws-role-arn needs --external-id, or an external id issued by \`drizzle-byok keys onboard ${tenant} --aws\``,
+        );
+      }
     }
     return aws.map((keyArn) =>
       awsKms({
@@ -221,6 +236,16 @@ export function statusText(s: TenantStatus): string {
       `  KEK ${k.keyRef}  ${k.kind}${k.region ? ` ${k.region}` : ''}  priority ${k.priority}  ${k.health}` +
         (k.lastError ? `  (${k.lastError})` : ''),
     );
+    if (k.currentKeyId !== null && k.currentKeyId !== k.keyRef)
+      lines.push(`    now resolves to ${k.currentKeyId}`);
+    if (k.moved > 0) {
+      lines.push(
+        `    ${k.moved} data key(s) still wrapped under another key (${k.wrappedBy
+          .filter((w) => w.keyId !== null && w.keyId !== k.currentKeyId)
+          .map((w) => w.keyId)
+          .join(', ')}): \`drizzle-byok keys rewrap-moved ${s.tenantId}\` before disabling it`,
+      );
+    }
   }
   if (s.keks.length === 0 && s.mode !== 'none') lines.push('  KEK: the platform key');
   for (const d of s.dekVersions) {

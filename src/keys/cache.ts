@@ -162,6 +162,20 @@ export class DekCache {
     this.#active.delete(tenantId);
   }
 
+  /** Ids of the fresh cached data keys. */
+  ids(now = Date.now()): string[] {
+    const out: string[] = [];
+    for (const e of this.#byId.values()) if (e.expiresAt > now) out.push(e.id);
+    return out;
+  }
+
+  /** Tenants with at least one fresh cached data key. */
+  tenants(now = Date.now()): Set<string> {
+    const out = new Set<string>();
+    for (const e of this.#byId.values()) if (e.expiresAt > now) out.add(e.tenantId);
+    return out;
+  }
+
   /** Drops every DEK of a tenant (revocation, lifecycle change). Returns how many were dropped. */
   evictTenant(tenantId: string): number {
     let n = 0;

@@ -5,7 +5,7 @@
 export type ByokEvent =
   | {
       readonly type: 'kms';
-      /** 'wrap' | 'unwrap' | 'describe' */
+      /** 'wrap' | 'unwrap' | 'describe' | 'heartbeat' (the heartbeat's unwrap) */
       readonly operation: string;
       readonly tenantId: string;
       readonly keyRef: string;
@@ -45,6 +45,16 @@ export type ByokEvent =
       readonly errorCode: string;
       /** 'local' when this instance saw the KMS refuse; 'remote' when told by another instance. */
       readonly source: 'local' | 'remote';
+    }
+  | {
+      /** One key heartbeat tick (see `Keyring.startHeartbeat`). */
+      readonly type: 'heartbeat';
+      readonly tenants: number;
+      readonly kmsCalls: number;
+      readonly refused: number;
+      readonly recovered: number;
+      readonly unreachable: number;
+      readonly latencyMs: number;
     }
   | {
       readonly type: 'invalidation';

@@ -21,6 +21,7 @@ import {
   KeyAccessDeniedError,
   KeyDisabledError,
   KeyNotFoundError,
+  KmsIntegrityError,
   KmsThrottledError,
   KmsUnavailableError,
   TenantShreddedError,
@@ -28,7 +29,11 @@ import {
 import type { Kek, KekConfig, KekFactory, WrapContext } from '../kms/kek.ts';
 import { DekCache, type DekCacheOptions, type DekEntry, dekMaterial } from './cache.ts';
 import type { ByokEvent, ByokEventListener } from './events.ts';
+import { unwrapIdentified, wrapIdentified } from './identity.ts';
 import * as lifecycle from './lifecycle.ts';
+import { type Onboarding, type OnboardingOptions, onboarding } from './onboarding.ts';
+import { type RewrapMovedResult, rewrapMovedKeys } from './rewrap-moved.ts';
+import { type Heartbeat, type HeartbeatOptions, isRefusal, startHeartbeat } from './heartbeat.ts';
 import { byokAudit, byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 import { loadTelemetry, withSpan } from './telemetry.ts';
 import { installKeyStore } from './store.ts';
@@ -69,6 +74,12 @@ export interface KeyringOptions {
    * every second and by lifecycle operations). Default false: subscribe with `onEvent` instead.
    */
   auditTable?: boolean;
+  /**
+   * The key heartbeat `startListening()` starts (see `startHeartbeat`): a real unwrap per active KEK
+   * of every tenant with cached keys, every `intervalMs` (default 30,000, jittered), so a revoked
+   * key is noticed within one interval. `false`: `startListening()` starts none.
+   */
+  heartbeat?: HeartbeatOptions | false;
 }
 
 /** PostgreSQL NOTIFY channel on which instances tell each other to drop a tenant's cached keys. */
@@ -79,6 +90,7 @@ interface WrapRow {
   readonly kekId: string | null;
   readonly kekRef: string;
   readonly wrapped: Buffer;
+  readonly wrappedBy: string | null;
 }
 interface DekRow {
   readonly id: string;
@@ -98,6 +110,7 @@ export interface KekRow {
   readonly secret: Buffer | null;
   readonly secretKey: Buffer | null;
   readonly secretKeyRef: string | null;
+  readonly secretKeyBy?: string | null;
 }
 
 export interface KeyringStats {
@@ -147,6 +160,10 @@ export class Keyring {
   #auditTimer: NodeJS.Timeout | undefined;
   #listener: { stop(): Promise<void> } | undefined;
   readonly #kekIdsByTenant = new Map<string, Set<string>>();
+  readonly #heartbeatOptions: HeartbeatOptions | false;
+  #heartbeat: Heartbeat | undefined;
+  /** @internal Tenants refused by their KMS that this instance was serving: probed until they recover. */
+  readonly watchedTenants = new Set<string>();
 
   constructor(options: KeyringOptions) {
     if (options === null || typeof options !== 'object')
@@ -165,6 +182,7 @@ export class Keyring {
     this.#preferredRegion = options.preferredRegion;
     this.#singleConnection = options.singleConnection ?? isSingleConnection(options.db);
     this.#auditTable = options.auditTable === true;
+    this.#heartbeatOptions = options.heartbeat ?? {};
     if (this.#auditTable) {
       this.#auditTimer = setInterval(() => void this.flushAudit().catch(() => undefined), 1000);
       this.#auditTimer.unref();
@@ -247,7 +265,10 @@ export class Keyring {
    * the old platform keys can be removed from the configuration.
    */
   rewrapPlatform(options?: {
+    /** Data keys read per query. Default 100. */
     batchSize?: number;
+    /** Called after each data key (and once at the start) with counts, rate and ETA. */
+    onProgress?: (p: lifecycle.RewrapPlatformProgress) => void;
   }): Promise<{ dataKeys: number; secrets: number; remaining: number }> {
     return lifecycle.rewrapPlatform(this, options);
   }
@@ -395,7 +416,31 @@ export class Keyring {
     this.emit({ type: 'invalidation', tenantId, reason, source: 'local' });
   }
 
+  /**
+   * Starts the key heartbeat (active revocation detection; see `HeartbeatOptions`): every
+   * `intervalMs` (default 30 s, jittered) one real unwrap per active KEK of each tenant whose keys
+   * this instance has cached, or that it saw refused. A refusal evicts the tenant here, records its
+   * health and tells the other instances (NOTIFY); a success after a refusal sets health back to
+   * `ok`. `startListening()` starts it too (unless `heartbeat: false`); one per keyring, stopped by
+   * `close()`. Returns the running heartbeat if there is one.
+   */
+  startHeartbeat(options?: HeartbeatOptions): Heartbeat {
+    if (this.#heartbeat === undefined) {
+      const hb = startHeartbeat(this, options ?? (this.#heartbeatOptions || {}));
+      this.#heartbeat = {
+        intervalMs: hb.intervalMs,
+        tick: () => hb.tick(),
+        stop: async () => {
+          if (this.#heartbeat !== undefined) this.#heartbeat = undefined;
+          await hb.stop();
+        },
+      };
+    }
+    return this.#heartbeat;
+  }
+
   async close(): Promise<void> {
+    await this.#heartbeat?.stop();
     await this.#listener?.stop();
     this.#listener = undefined;
     if (this.#auditTimer !== undefined) clearInterval(this.#auditTimer);
@@ -454,6 +499,26 @@ export class Keyring {
     return lifecycle.status(this, tenantId);
   }
 
+  /**
+   * Re-wraps the tenant's data keys that are wrapped under another key than the one its KEK
+   * references name now (an alias moved to a new key; a new Cloud KMS primary version), after
+   * verifying each KEK like `rotateKek`. Afterwards the old key can be disabled with no loss.
+   * `status().keks[].moved` (after `checkHealth`) counts what this call would move.
+   */
+  rewrapMovedKeys(tenantId: string, options?: lifecycle.LifecycleOptions): Promise<RewrapMovedResult> {
+    return rewrapMovedKeys(this, tenantId, options);
+  }
+
+  /**
+   * Onboarding artifacts for the tenant's key administrator (see `OnboardingOptions`): generates and
+   * stores a per-tenant external id (AWS; kept across calls unless `rotateExternalId`), and returns
+   * the key policy, the role trust policy, `aws` / `gcloud` commands and a Terraform snippet. An
+   * assume-role KEK given to `enableByok` / `rotateKek` afterwards must use that external id.
+   */
+  onboarding(tenantId: string, options: OnboardingOptions): Promise<Onboarding> {
+    return onboarding(this, tenantId, options);
+  }
+
   /** DescribeKey / GetCryptoKey sweep over BYOK tenants; records health, evicts revoked tenants. */
   checkHealth(options?: {
     tenants?: readonly string[];
@@ -478,8 +543,9 @@ export class Keyring {
 
   /**
    * Listens for invalidation notices from other instances (a dedicated connection for postgres.js
-   * and node-postgres; PGlite's own `listen`). Call once per process; `close()` stops it. The cache
-   * max age remains the backstop when a notice is lost (connection drop).
+   * and node-postgres; PGlite's own `listen`), and starts the key heartbeat (`startHeartbeat`,
+   * unless the keyring was created with `heartbeat: false`). Call once per process; `close()` stops
+   * both. The cache max age remains the backstop when a notice is lost (connection drop).
    */
   async startListening(): Promise<{ stop(): Promise<void> }> {
     if (this.#listener !== undefined) return this.#listener;
@@ -516,7 +582,18 @@ export class Keyring {
         await stop().catch(() => undefined);
       },
     };
+    if (this.#heartbeatOptions !== false) this.startHeartbeat();
     return this.#listener;
+  }
+
+  /** Probed by the heartbeat until it recovers; at most 10,000 (the oldest are dropped first). */
+  #watch(tenantId: string): void {
+    this.watchedTenants.delete(tenantId);
+    this.watchedTenants.add(tenantId);
+    for (const t of this.watchedTenants) {
+      if (this.watchedTenants.size <= 10_000) break;
+      this.watchedTenants.delete(t);
+    }
   }
 
   #onNotice(payload: string | undefined): void {
@@ -527,7 +604,9 @@ export class Keyring {
       return;
     }
     if (typeof msg.t !== 'string' || typeof msg.r !== 'string' || msg.o === this.instanceId) return;
-    this.#cache.evictTenant(msg.t);
+    const dropped = this.#cache.evictTenant(msg.t);
+    if (msg.r === 'revoked' && dropped > 0) this.#watch(msg.t);
+    if (msg.r === 'recovered') this.watchedTenants.delete(msg.t);
     this.dropKekInstances(this.#kekIdsByTenant.get(msg.t) ?? []);
     this.emit({ type: 'invalidation', tenantId: msg.t, reason: msg.r, source: 'remote' });
     if (msg.r === 'revoked' && typeof msg.k === 'string') {
@@ -546,8 +625,9 @@ export class Keyring {
    * other instances. Errors while recording are swallowed (the refusal itself is what matters).
    */
   async reportRevocation(tenantId: string, keyRef: string, e: ByokError): Promise<void> {
-    if (!(e instanceof KeyAccessDeniedError || e instanceof KeyDisabledError)) return;
+    if (!isRefusal(e as unknown) && !((e as unknown) instanceof KmsIntegrityError)) return;
     this.#cache.evictTenant(tenantId);
+    this.#watch(tenantId);
     this.emit({ type: 'revocation', tenantId, keyRef, errorCode: e.code, source: 'local' });
     this.audit({
       tenantId,
@@ -631,6 +711,7 @@ export class Keyring {
           kekId: byokDekWraps.kekId,
           kekRef: byokDekWraps.kekRef,
           wrapped: byokDekWraps.wrapped,
+          wrappedBy: byokDekWraps.wrappedBy,
         })
         .from(byokDeks)
         .leftJoin(byokDekWraps, eq(byokDekWraps.dekId, byokDeks.id))
@@ -644,7 +725,7 @@ export class Keyring {
         byId.set(r.id, d);
       }
       if (r.kekRef !== null && r.wrapped !== null)
-        d.wraps.push({ kekId: r.kekId, kekRef: r.kekRef, wrapped: r.wrapped });
+        d.wraps.push({ kekId: r.kekId, kekRef: r.kekRef, wrapped: r.wrapped, wrappedBy: r.wrappedBy });
     }
     return [...byId.values()];
   }
@@ -796,7 +877,7 @@ export class Keyring {
       }
       try {
         const raw = await this.timedKms('unwrap', kek, row.tenantId, () =>
-          kek.unwrap(c.wrap.wrapped, context),
+          unwrapIdentified(kek, c.wrap.wrapped, context, c.wrap.wrappedBy),
         );
         if (raw.length !== 32) throw new ByokError(`unwrapped data key has ${raw.length} bytes, expected 32`);
         this.#stats.unwraps++;
@@ -930,10 +1011,10 @@ export class Keyring {
     tenantId: string,
     kekId: string,
     secret: Readonly<Record<string, unknown>>,
-  ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string }> {
+  ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string; secretKeyBy: string | null }> {
     const key = randomBytes(32);
     try {
-      const wrapped = await this.#platformKek.wrap(key, { tenantId, dekId: kekId });
+      const { wrapped, wrappedBy } = await wrapIdentified(this.#platformKek, key, { tenantId, dekId: kekId });
       const iv = randomBytes(12);
       const c = createCipheriv('aes-256-gcm', key, iv);
       c.setAAD(Buffer.from(`byok-kek-secret|${tenantId}|${kekId}`));
@@ -942,6 +1023,7 @@ export class Keyring {
         secret: Buffer.concat([iv, body, c.getAuthTag()]),
         secretKey: Buffer.from(wrapped),
         secretKeyRef: this.#platformKek.keyRef,
+        secretKeyBy: wrappedBy,
       };
     } finally {
       key.fill(0);
@@ -951,7 +1033,12 @@ export class Keyring {
   async #openSecret(
     tenantId: string,
     kekId: string,
-    row: { secret: Buffer | null; secretKey: Buffer | null; secretKeyRef: string | null },
+    row: {
+      secret: Buffer | null;
+      secretKey: Buffer | null;
+      secretKeyRef: string | null;
+      secretKeyBy?: string | null;
+    },
   ): Promise<Record<string, unknown>> {
     if (row.secret === null || row.secretKey === null) return {};
     const kek =
@@ -963,7 +1050,9 @@ export class Keyring {
         `the KEK secret of tenant ${tenantId} is sealed under platform key ${row.secretKeyRef}, which is not configured`,
       );
     }
-    const key = Buffer.from(await kek.unwrap(row.secretKey, { tenantId, dekId: kekId }));
+    const key = Buffer.from(
+      await unwrapIdentified(kek, row.secretKey, { tenantId, dekId: kekId }, row.secretKeyBy),
+    );
     try {
       const s = row.secret;
       const d = createDecipheriv('aes-256-gcm', key, s.subarray(0, 12), { authTagLength: 16 });
@@ -1005,19 +1094,19 @@ export class Keyring {
     dekId: string,
     raw: Buffer,
     keks: readonly KekRow[],
-  ): Promise<{ kekId: string | null; kekRef: string; wrapped: Buffer }[]> {
+  ): Promise<{ kekId: string | null; kekRef: string; wrapped: Buffer; wrappedBy: string | null }[]> {
     const context = { tenantId, dekId };
     if (keks.length === 0) {
       const w = await this.timedKms('wrap', this.#platformKek, tenantId, () =>
-        this.#platformKek.wrap(raw, context),
+        wrapIdentified(this.#platformKek, raw, context),
       );
-      return [{ kekId: null, kekRef: this.#platformKek.keyRef, wrapped: Buffer.from(w) }];
+      return [{ kekId: null, kekRef: this.#platformKek.keyRef, ...w }];
     }
     return Promise.all(
       keks.map(async (k) => {
         const kek = await this.#kekFor(k);
-        const w = await this.timedKms('wrap', kek, tenantId, () => kek.wrap(raw, context));
-        return { kekId: k.id, kekRef: k.keyRef, wrapped: Buffer.from(w) };
+        const w = await this.timedKms('wrap', kek, tenantId, () => wrapIdentified(kek, raw, context));
+        return { kekId: k.id, kekRef: k.keyRef, ...w };
       }),
     );
   }
@@ -1166,11 +1255,16 @@ export interface KeyAccess {
     tenantId: string,
     kekId: string,
     secret: Readonly<Record<string, unknown>>,
-  ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string }>;
+  ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string; secretKeyBy: string | null }>;
   openSecret(
     tenantId: string,
     kekId: string,
-    row: { secret: Buffer | null; secretKey: Buffer | null; secretKeyRef: string | null },
+    row: {
+      secret: Buffer | null;
+      secretKey: Buffer | null;
+      secretKeyRef: string | null;
+      secretKeyBy?: string | null;
+    },
   ): Promise<Record<string, unknown>>;
   createDek(
     tenantId: string,

@@ -10,9 +10,12 @@ import {
   LifecycleBusyError,
   TenantShreddedError,
 } from '../errors.ts';
-import type { Kek } from '../kms/kek.ts';
+import type { Kek, KeyDescription } from '../kms/kek.ts';
 import { dekMaterial } from './cache.ts';
+import { isRefusal } from './heartbeat.ts';
+import { isMoved, unwrapIdentified, wrapIdentified } from './identity.ts';
 import { type AnyPgDatabase, type Keyring, keysOf, mapLimit } from './keyring.ts';
+import { checkIssuedExternalId } from './onboarding.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 
 /**
@@ -26,7 +29,23 @@ import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
  * - is broadcast to other instances (PostgreSQL NOTIFY, delivered at commit) so they drop cached keys.
  */
 export interface TenantKekStatus {
+  /** The configured reference: key ARN, alias ARN, or Cloud KMS CryptoKey name. */
   readonly keyRef: string;
+  /**
+   * What `keyRef` resolved to at the last health check: the key ARN an alias points to, the primary
+   * CryptoKeyVersion of a Cloud KMS key. Null until a health check (or a re-wrap) ran.
+   */
+  readonly currentKeyId: string | null;
+  /**
+   * The keys that actually wrap the tenant's data keys under this KEK, with how many each
+   * (`keyId` null: wrapped before key identity was recorded).
+   */
+  readonly wrappedBy: readonly { keyId: string | null; dataKeys: number }[];
+  /**
+   * Data keys wrapped under another key than `currentKeyId` (the alias was moved to another key).
+   * They still unwrap while the old key is enabled; `rewrapMovedKeys` moves them to the current key.
+   */
+  readonly moved: number;
   readonly kind: string;
   readonly region: string | null;
   readonly priority: number;
@@ -66,7 +85,7 @@ function lockKey(tenantId: string): string {
 }
 
 /** Takes the tenant's transaction-scoped advisory lock, waiting at most `timeoutMs`. */
-async function lockTenant(tx: AnyPgDatabase, tenantId: string, timeoutMs: number): Promise<void> {
+export async function lockTenant(tx: AnyPgDatabase, tenantId: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const [row] = (await rows(
@@ -122,7 +141,7 @@ function asKeks(keks: Kek | readonly Kek[], what: string): Kek[] {
  * is enabled and can wrap, and a wrap/unwrap round trip under the tenant's context succeeds.
  * Throws the provider's typed error (not found, disabled, access denied, usage, unreachable...).
  */
-export async function verifyKek(keyring: Keyring, tenantId: string, kek: Kek): Promise<void> {
+export async function verifyKek(keyring: Keyring, tenantId: string, kek: Kek): Promise<KeyDescription> {
   if (!keyring.hasFactory(kek.kind)) {
     throw new ByokConfigError(
       `KEKs of kind '${kek.kind}' cannot be rebuilt by other instances: pass kekFactories: { '${kek.kind}': ... } to createKeyring`,
@@ -157,14 +176,17 @@ export async function verifyKek(keyring: Keyring, tenantId: string, kek: Kek): P
   }
   const probe = randomBytes(32);
   const context = { tenantId, dekId: `verify-${randomUUID()}` };
-  const wrapped = await keyring.timedKms('wrap', kek, tenantId, () => kek.wrap(probe, context));
+  const { wrapped, wrappedBy } = await keyring.timedKms('wrap', kek, tenantId, () =>
+    wrapIdentified(kek, probe, context),
+  );
   const back = Buffer.from(
-    await keyring.timedKms('unwrap', kek, tenantId, () => kek.unwrap(wrapped, context)),
+    await keyring.timedKms('unwrap', kek, tenantId, () => unwrapIdentified(kek, wrapped, context, wrappedBy)),
   );
   const ok = back.length === 32 && timingSafeEqual(back, probe);
   probe.fill(0);
   back.fill(0);
   if (!ok) throw new KmsIntegrityError(`${kek.keyRef} did not return the data it wrapped`, { tenantId });
+  return description;
 }
 
 interface Change {
@@ -188,7 +210,9 @@ async function replaceKeks(
   const keyRef = change.keks.map((k) => k.keyRef).join(',') || keysOf(keyring).platformKek.keyRef;
   try {
     await checkMode(keyring, tenantId, change.operation);
-    for (const kek of change.keks) await verifyKek(keyring, tenantId, kek);
+    await checkIssuedExternalId(keyring, tenantId, change.keks);
+    const described = new Map<Kek, KeyDescription>();
+    for (const kek of change.keks) described.set(kek, await verifyKek(keyring, tenantId, kek));
     // Secrets are sealed before the transaction (platform KMS calls stay out of it).
     const prepared = await Promise.all(
       change.keks.map(async (kek, priority) => {
@@ -225,6 +249,8 @@ async function replaceKeks(
           secret: p.sealed?.secret ?? null,
           secretKey: p.sealed?.secretKey ?? null,
           secretKeyRef: p.sealed?.secretKeyRef ?? null,
+          secretKeyBy: p.sealed?.secretKeyBy ?? null,
+          currentKeyId: described.get(p.kek)?.currentKeyId ?? null,
           health: 'ok',
           lastVerifiedAt: new Date(),
         });
@@ -246,31 +272,26 @@ async function replaceKeks(
         const raw = dekMaterial(entry).raw;
         if (prepared.length === 0) {
           const w = await keyring.timedKms('wrap', keysOf(keyring).platformKek, tenantId, () =>
-            keysOf(keyring).platformKek.wrap(raw, { tenantId, dekId: d.id }),
+            wrapIdentified(keysOf(keyring).platformKek, raw, { tenantId, dekId: d.id }),
           );
           await tx
             .insert(byokDekWraps)
-            .values({
-              dekId: d.id,
-              kekId: null,
-              kekRef: keysOf(keyring).platformKek.keyRef,
-              wrapped: Buffer.from(w),
-            })
+            .values({ dekId: d.id, kekId: null, kekRef: keysOf(keyring).platformKek.keyRef, ...w })
             .onConflictDoUpdate({
               target: [byokDekWraps.dekId, byokDekWraps.kekRef],
-              set: { wrapped: Buffer.from(w), kekId: null },
+              set: { ...w, kekId: null },
             });
         } else {
           for (const p of prepared) {
             const w = await keyring.timedKms('wrap', p.kek, tenantId, () =>
-              p.kek.wrap(raw, { tenantId, dekId: d.id }),
+              wrapIdentified(p.kek, raw, { tenantId, dekId: d.id }),
             );
             await tx
               .insert(byokDekWraps)
-              .values({ dekId: d.id, kekId: p.id, kekRef: p.kek.keyRef, wrapped: Buffer.from(w) })
+              .values({ dekId: d.id, kekId: p.id, kekRef: p.kek.keyRef, ...w })
               .onConflictDoUpdate({
                 target: [byokDekWraps.dekId, byokDekWraps.kekRef],
-                set: { wrapped: Buffer.from(w), kekId: p.id },
+                set: { ...w, kekId: p.id },
               });
           }
         }
@@ -556,6 +577,8 @@ export async function status(keyring: Keyring, tenantId: string): Promise<Tenant
         state: byokDeks.state,
         createdAt: byokDeks.createdAt,
         kekRef: byokDekWraps.kekRef,
+        kekId: byokDekWraps.kekId,
+        wrappedBy: byokDekWraps.wrappedBy,
       })
       .from(byokDeks)
       .leftJoin(byokDekWraps, eq(byokDekWraps.dekId, byokDeks.id))
@@ -573,20 +596,33 @@ export async function status(keyring: Keyring, tenantId: string): Promise<Tenant
       }
       if (d.kekRef !== null) v.wrappedUnder.push(d.kekRef);
     }
-    const kekStatuses = keks.map((k) => ({
-      keyRef: k.keyRef,
-      kind: k.kind,
-      region: k.region,
-      priority: k.priority,
-      health: k.health,
-      lastVerifiedAt: k.lastVerifiedAt,
-      lastError: k.lastError,
-    }));
+    const kekStatuses = keks.map((k) => {
+      const byKey = new Map<string | null, number>();
+      let moved = 0;
+      for (const d of deks) {
+        if (d.kekId !== k.id) continue;
+        const by = d.wrappedBy ?? null;
+        byKey.set(by, (byKey.get(by) ?? 0) + 1);
+        if (isMoved(k.keyRef, k.currentKeyId, by)) moved++;
+      }
+      return {
+        keyRef: k.keyRef,
+        currentKeyId: k.currentKeyId,
+        wrappedBy: [...byKey].map(([keyId, dataKeys]) => ({ keyId, dataKeys })),
+        moved,
+        kind: k.kind,
+        region: k.region,
+        priority: k.priority,
+        health: k.health,
+        lastVerifiedAt: k.lastVerifiedAt,
+        lastError: k.lastError,
+      };
+    });
     const unhealthy = kekStatuses.filter((k) => k.health !== 'ok').length;
     const health =
       t.health === 'error' || (unhealthy > 0 && unhealthy === kekStatuses.length)
         ? 'error'
-        : unhealthy > 0
+        : unhealthy > 0 || kekStatuses.some((k) => k.moved > 0)
           ? 'degraded'
           : 'ok';
     // Progress left by an operation whose process died: its transaction rolled back and released the lock.
@@ -635,9 +671,11 @@ export async function checkHealth(
     await mapLimit(keks, options.concurrency ?? 8, async ({ keks: row }) => {
       let health = 'ok';
       let lastError: string | null = null;
+      let currentKeyId = row.currentKeyId;
       try {
         const kek = await keysOf(keyring).kekFor(row as never);
         const d = await keyring.timedKms('describe', kek, row.tenantId, () => kek.describe());
+        if (typeof d.currentKeyId === 'string') currentKeyId = d.currentKeyId;
         if (d.state !== 'enabled')
           throw new KeyDisabledError(`${row.keyRef} is ${d.providerState ?? d.state}`, {
             tenantId: row.tenantId,
@@ -648,11 +686,11 @@ export async function checkHealth(
         health = 'error';
         lastError = isByokError(e) ? `${e.code}: ${e.message}` : 'unexpected failure';
         failures.set(row.tenantId, lastError);
-        if (isByokError(e)) await keyring.reportRevocation(row.tenantId, row.keyRef, e);
+        if (isRefusal(e)) await keyring.reportRevocation(row.tenantId, row.keyRef, e);
       }
       await db
         .update(byokKeks)
-        .set({ health, lastError, lastVerifiedAt: new Date() })
+        .set({ health, lastError, lastVerifiedAt: new Date(), currentKeyId })
         .where(eq(byokKeks.id, row.id));
     });
     const tenants = [...new Set(keks.map((k) => k.keks.tenantId))];
@@ -672,16 +710,56 @@ export async function checkHealth(
  * `Keyring.rewrapPlatform`). Each data key is switched in a transaction under its tenant's lock:
  * the new wrap is written before the old one is deleted, so a crash leaves the key unwrappable.
  */
+export interface RewrapPlatformProgress {
+  /** Data keys re-wrapped so far. */
+  readonly dataKeys: number;
+  /** Data keys under an older platform key when the call started. */
+  readonly total: number;
+  readonly dataKeysPerSecond: number;
+  readonly etaSeconds: number | null;
+}
+
 export async function rewrapPlatform(
   keyring: Keyring,
-  options: { batchSize?: number } = {},
+  options: { batchSize?: number; onProgress?: (p: RewrapPlatformProgress) => void } = {},
 ): Promise<{ dataKeys: number; secrets: number; remaining: number }> {
   const current = keysOf(keyring).platformKek.keyRef;
   const previous = keyring.previousPlatformKeyRefs;
   const batch = options.batchSize ?? 100;
+  if (!Number.isInteger(batch) || batch < 1)
+    throw new ByokConfigError('rewrapPlatform: batchSize must be a positive integer');
   return scopeStorage.exit(async () => {
     const db = keyring.db;
     let dataKeys = 0;
+    const startedAt = performance.now();
+    const [counted] =
+      previous.length === 0 || options.onProgress === undefined
+        ? [{ n: 0 }]
+        : ((await rows(
+            db.execute(
+              sql`select count(*) as n from byok.dek_wraps where kek_id is null and kek_ref in (${sql.join(
+                previous.map((r) => sql`${r}`),
+                sql`, `,
+              )})`,
+            ),
+          )) as { n: string | number }[]);
+    const total = Number(counted?.n ?? 0);
+    const report = () => {
+      if (options.onProgress === undefined) return;
+      const seconds = (performance.now() - startedAt) / 1000;
+      const rate = seconds > 0 ? dataKeys / seconds : 0;
+      try {
+        options.onProgress({
+          dataKeys,
+          total,
+          dataKeysPerSecond: rate,
+          etaSeconds: rate > 0 ? Math.max(0, total - dataKeys) / rate : null,
+        });
+      } catch {
+        // a progress callback must not break the operation
+      }
+    };
+    report();
     for (;;) {
       if (previous.length === 0) break;
       const wraps = await db
@@ -689,6 +767,7 @@ export async function rewrapPlatform(
           dekId: byokDekWraps.dekId,
           kekRef: byokDekWraps.kekRef,
           wrapped: byokDekWraps.wrapped,
+          wrappedBy: byokDekWraps.wrappedBy,
           tenantId: byokDeks.tenantId,
         })
         .from(byokDekWraps)
@@ -706,20 +785,20 @@ export async function rewrapPlatform(
         }
         const context = { tenantId: w.tenantId, dekId: w.dekId };
         const raw = Buffer.from(
-          await keyring.timedKms('unwrap', old, w.tenantId, () => old.unwrap(w.wrapped, context)),
+          await keyring.timedKms('unwrap', old, w.tenantId, () =>
+            unwrapIdentified(old, w.wrapped, context, w.wrappedBy),
+          ),
         );
         try {
-          const wrapped = Buffer.from(
-            await keyring.timedKms('wrap', keysOf(keyring).platformKek, w.tenantId, () =>
-              keysOf(keyring).platformKek.wrap(raw, context),
-            ),
+          const next = await keyring.timedKms('wrap', keysOf(keyring).platformKek, w.tenantId, () =>
+            wrapIdentified(keysOf(keyring).platformKek, raw, context),
           );
           await db.transaction(async (tx) => {
             await lockTenant(tx, w.tenantId, 30_000);
             await tx
               .insert(byokDekWraps)
-              .values({ dekId: w.dekId, kekId: null, kekRef: current, wrapped })
-              .onConflictDoUpdate({ target: [byokDekWraps.dekId, byokDekWraps.kekRef], set: { wrapped } });
+              .values({ dekId: w.dekId, kekId: null, kekRef: current, ...next })
+              .onConflictDoUpdate({ target: [byokDekWraps.dekId, byokDekWraps.kekRef], set: next });
             await tx
               .delete(byokDekWraps)
               .where(and(eq(byokDekWraps.dekId, w.dekId), eq(byokDekWraps.kekRef, w.kekRef)));
@@ -728,6 +807,7 @@ export async function rewrapPlatform(
           raw.fill(0);
         }
         dataKeys++;
+        report();
       }
     }
     const sealed =

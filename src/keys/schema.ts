@@ -64,6 +64,13 @@ export const byokKeks = byok.table(
     secret: bytea('secret'),
     secretKey: bytea('secret_key'),
     secretKeyRef: text('secret_key_ref'),
+    /** The platform key that actually wrapped `secretKey` (see `byokDekWraps.wrappedBy`); null before 0004. */
+    secretKeyBy: text('secret_key_by'),
+    /**
+     * What `keyRef` resolved to at the last health check: an alias's target key ARN (AWS), the
+     * primary CryptoKeyVersion (Cloud KMS). Null until checked.
+     */
+    currentKeyId: text('current_key_id'),
     health: text('health').notNull().default('ok'),
     lastVerifiedAt: timestamp('last_verified_at', { withTimezone: true }),
     lastError: text('last_error'),
@@ -102,6 +109,12 @@ export const byokDekWraps = byok.table(
     kekId: uuid('kek_id').references(() => byokKeks.id, { onDelete: 'cascade' }),
     kekRef: text('kek_ref').notNull(),
     wrapped: bytea('wrapped').notNull(),
+    /**
+     * The key that actually wrapped: the key ARN AWS KMS Encrypt answered (also when `kekRef` is an
+     * alias), the Cloud KMS CryptoKeyVersion. Unwrap names it, so an alias moved to another key or a
+     * rotated primary version never strands a data key. Null on wraps made before migration 0004.
+     */
+    wrappedBy: text('wrapped_by'),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.dekId, t.kekRef] })],

@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import type { PgDatabase } from 'drizzle-orm/pg-core';
 import { RETROFIT_MIGRATION } from '../migrate/schema.ts';
 import { BLIND_INDEX_MIGRATION } from '../drizzle/blind-schema.ts';
+import { KEY_IDENTITY_MIGRATION } from './identity-schema.ts';
 
 /**
  * The key store migration, identical to the shipped `migrations/0001_key_store.sql` (a test checks
@@ -76,17 +77,34 @@ CREATE INDEX IF NOT EXISTS audit_tenant_at_idx ON byok.audit (tenant_id, at);
 `;
 
 /** Every shipped migration (`migrations/000N_*.sql`), in the order `installKeyStore` runs them. */
-export const MIGRATIONS: readonly string[] = [KEY_STORE_MIGRATION, RETROFIT_MIGRATION, BLIND_INDEX_MIGRATION];
+export const MIGRATIONS: readonly string[] = [
+  KEY_STORE_MIGRATION,
+  RETROFIT_MIGRATION,
+  BLIND_INDEX_MIGRATION,
+  KEY_IDENTITY_MIGRATION,
+];
 
-/** Splits a migration into statements (no semicolons inside literals in our own SQL). */
+/**
+ * Splits a migration into statements: on semicolons outside `$$ ... $$` bodies (no semicolons
+ * inside literals in our own SQL).
+ */
 export function migrationStatements(text: string): string[] {
-  return text
-    .split('\n')
-    .filter((l) => !l.trim().startsWith('--'))
+  const lines = text.split('\n').filter((l) => !l.trim().startsWith('--'));
+  const out: string[] = [];
+  lines
     .join('\n')
-    .split(';')
-    .map((s) => s.trim())
-    .filter((s) => s.length > 0);
+    .split('$$')
+    .forEach((part, i) => {
+      // Even parts are outside dollar quotes: split them; odd parts are bodies, kept whole.
+      if (i % 2 === 1) {
+        out[out.length - 1] = `${out.at(-1) ?? ''}$$${part}$$`;
+        return;
+      }
+      const pieces = part.split(';');
+      if (i > 0) out[out.length - 1] = `${out.at(-1) ?? ''}${pieces.shift() ?? ''}`;
+      out.push(...pieces);
+    });
+  return out.map((s) => s.trim()).filter((s) => s.length > 0);
 }
 
 /**

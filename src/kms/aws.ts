@@ -41,7 +41,7 @@ import {
   KmsThrottledError,
   KmsUnavailableError,
 } from '../errors.ts';
-import type { Kek, KekConfig, KekFactory, KeyDescription, WrapContext } from './kek.ts';
+import type { Kek, KekConfig, KekFactory, KeyDescription, WrapContext, WrapResult } from './kek.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -495,6 +495,8 @@ const CREDENTIAL_ERRORS = new Set([
   'AuthFailure',
   'CredentialsProviderError',
 ]);
+/** SDK error names for an answer it could not read as a KMS error (non-JSON body, no error name). */
+const NOT_KMS_ANSWERS = new Set(['SyntaxError', 'Unknown', 'UnknownError', 'TypeError']);
 const THROTTLING_ERRORS = new Set([
   'ThrottlingException',
   'Throttling',
@@ -688,7 +690,16 @@ function mapState(keyState: string | undefined): KeyDescription['state'] {
  * - any failure to obtain credentials (STS AccessDenied, bad web identity token, missing token file)
  *   and rejected credentials (`UnrecognizedClientException`, `InvalidSignatureException`,
  *   `ExpiredTokenException`) → `KmsCredentialsError`;
- * - `ValidationException` → `ByokConfigError`; anything else → `ByokError`.
+ * - an answer that is not a KMS answer (HTML or plain-text body from a proxy, load balancer or wrong
+ *   endpoint; JSON without an error name), by HTTP status: 401 / 403 → `KmsCredentialsError`,
+ *   429 → `KmsThrottledError`, 3xx / 404 / 405 → `ByokConfigError` (check `endpoint`), 2xx →
+ *   `KmsIntegrityError`, anything else (5xx, 408...) → `KmsUnavailableError`;
+ * - an answer missing a field the operation needs (Encrypt/Decrypt `KeyId` or a key this reference
+ *   cannot name, DescribeKey `KeyMetadata`, `KeyState`, `KeyUsage`, `KeySpec`, `Arn`) → `KmsIntegrityError`;
+ * - `ValidationException` → `ByokConfigError`; any other AWS error name → `KmsUnavailableError` for
+ *   a 5xx, `KmsCredentialsError` for a 401 / 403, else `ByokError`.
+ *
+ * Every message starts with `AWS KMS <operation> with <key ARN>`.
  */
 export class AwsKmsKek implements Kek {
   readonly kind = 'aws-kms' as const;
@@ -740,6 +751,15 @@ export class AwsKmsKek implements Kek {
 
   /** Wraps a 32-byte DEK with `Encrypt`, binding tenant and DEK id in the EncryptionContext. */
   async wrap(dek: Uint8Array, context: WrapContext): Promise<Uint8Array> {
+    return (await this.wrapIdentified(dek, context)).wrapped;
+  }
+
+  /**
+   * `wrap`, also returning the key ARN the Encrypt answer names: the key behind an alias at the
+   * moment of the call. It must be a key ARN this KEK's reference can name (the configured key ARN
+   * itself; for an alias, a key of the alias's account and region), else `KmsIntegrityError`.
+   */
+  async wrapIdentified(dek: Uint8Array, context: WrapContext): Promise<WrapResult> {
     if (!(dek instanceof Uint8Array) || dek.length !== DEK_BYTES) {
       throw configError(`awsKms.wrap: a data key must be ${DEK_BYTES} bytes`);
     }
@@ -754,16 +774,59 @@ export class AwsKmsKek implements Kek {
         }),
       ),
     );
-    if (!(out.CiphertextBlob instanceof Uint8Array) || out.CiphertextBlob.length === 0) {
+    if (!(out?.CiphertextBlob instanceof Uint8Array) || out.CiphertextBlob.length === 0) {
       throw new KmsIntegrityError(`AWS KMS Encrypt with ${this.keyRef} returned no ciphertext`, {
         tenantId: context.tenantId,
       });
     }
-    return out.CiphertextBlob;
+    const wrappedBy = this.#answeredKey('Encrypt', out.KeyId, context.tenantId);
+    return { wrapped: out.CiphertextBlob, wrappedBy };
   }
 
-  /** Unwraps with `Decrypt`, naming the configured key so a blob of another key is refused. */
-  async unwrap(wrapped: Uint8Array, context: WrapContext): Promise<Uint8Array> {
+  /**
+   * Whether `keyArn` is a key this KEK's reference can name: the configured key ARN itself, or for
+   * an alias ARN any key ARN of the alias's partition, account and region.
+   */
+  canName(keyArn: string): boolean {
+    let parts: AwsKmsKeyArnParts;
+    try {
+      parts = parseAwsKmsKeyArn(keyArn);
+    } catch {
+      return false;
+    }
+    if (parts.resourceType !== 'key') return false;
+    const own = this.#options.arn;
+    if (own.resourceType === 'key') return keyArn === this.keyRef;
+    return (
+      parts.partition === own.partition && parts.region === own.region && parts.accountId === own.accountId
+    );
+  }
+
+  /** The key ARN of an Encrypt / Decrypt / DescribeKey answer, checked with {@link canName}. */
+  #answeredKey(operation: AwsOperation, keyId: unknown, tenantId: string | undefined): string {
+    const t = tenantId === undefined ? {} : { tenantId };
+    if (typeof keyId !== 'string' || keyId === '') {
+      throw new KmsIntegrityError(
+        `AWS KMS ${operation} with ${this.keyRef}: the answer names no key (KeyId missing)`,
+        t,
+      );
+    }
+    if (!this.canName(keyId)) {
+      throw new KmsIntegrityError(
+        `AWS KMS ${operation} with ${this.keyRef}: the answer names key ${keyId}, which this key reference cannot name`,
+        t,
+      );
+    }
+    return keyId;
+  }
+
+  /**
+   * Unwraps with `Decrypt`, naming the key that wrapped (`wrappedBy`, recorded at wrap time) or the
+   * configured key ARN, so a blob of another key is refused (`IncorrectKeyException`). For a wrap
+   * made before key identity was recorded under an alias, Decrypt names no key (AWS finds it in
+   * the blob) and the answer's key must be one the alias could name.
+   */
+  async unwrap(wrapped: Uint8Array, context: WrapContext, wrappedBy?: string): Promise<Uint8Array> {
     const encryptionContext = this.#context(context);
     if (!(wrapped instanceof Uint8Array) || wrapped.length === 0 || wrapped.length > 6144) {
       throw new KmsIntegrityError(
@@ -773,17 +836,41 @@ export class AwsKmsKek implements Kek {
         },
       );
     }
+    let keyId: string | undefined;
+    if (wrappedBy !== undefined && wrappedBy !== null) {
+      if (!this.canName(wrappedBy)) {
+        throw new KmsIntegrityError(
+          `awsKms.unwrap: the data key is recorded as wrapped by ${String(wrappedBy)}, which ${this.keyRef} cannot name`,
+          { tenantId: context.tenantId },
+        );
+      }
+      keyId = wrappedBy;
+    } else if (this.#options.arn.resourceType === 'key') {
+      keyId = this.keyRef;
+    }
     const out = await this.#send('Decrypt', context.tenantId, () =>
       this.#client.send(
         new DecryptCommand({
-          KeyId: this.keyRef,
+          ...(keyId === undefined ? {} : { KeyId: keyId }),
           CiphertextBlob: wrapped,
           EncryptionContext: encryptionContext,
           EncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
         }),
       ),
     );
-    const plaintext = out.Plaintext;
+    const plaintext = out?.Plaintext;
+    try {
+      const answered = this.#answeredKey('Decrypt', out?.KeyId ?? keyId, context.tenantId);
+      if (keyId !== undefined && answered !== keyId) {
+        throw new KmsIntegrityError(
+          `AWS KMS Decrypt with ${this.keyRef}: the answer names key ${answered}, not the key asked for (${keyId})`,
+          { tenantId: context.tenantId },
+        );
+      }
+    } catch (e) {
+      if (plaintext instanceof Uint8Array) plaintext.fill(0);
+      throw e;
+    }
     if (!(plaintext instanceof Uint8Array) || plaintext.length !== DEK_BYTES) {
       if (plaintext instanceof Uint8Array) plaintext.fill(0);
       throw new KmsIntegrityError(
@@ -805,29 +892,37 @@ export class AwsKmsKek implements Kek {
     const out = await this.#send('DescribeKey', undefined, () =>
       this.#client.send(new DescribeKeyCommand({ KeyId: this.keyRef })),
     );
-    const m: KeyMetadata | undefined = out.KeyMetadata;
-    if (m === undefined)
-      throw new KmsIntegrityError(`AWS KMS DescribeKey of ${this.keyRef} returned no metadata`);
-    const arnRegion = typeof m.Arn === 'string' ? m.Arn.split(':')[3] : undefined;
+    const m: KeyMetadata | undefined = out?.KeyMetadata;
+    const incomplete = (what: string) =>
+      new KmsIntegrityError(`AWS KMS DescribeKey with ${this.keyRef}: the answer has no ${what}`);
+    if (m === undefined || m === null || typeof m !== 'object') throw incomplete('KeyMetadata');
+    if (typeof m.KeyState !== 'string' || (m.KeyState as string) === '')
+      throw incomplete('KeyMetadata.KeyState');
+    if (typeof m.KeyUsage !== 'string' || (m.KeyUsage as string) === '')
+      throw incomplete('KeyMetadata.KeyUsage');
+    const spec = m.KeySpec ?? m.CustomerMasterKeySpec;
+    if (typeof spec !== 'string' || (spec as string) === '') throw incomplete('KeyMetadata.KeySpec');
+    const currentKeyId = this.#answeredKey('DescribeKey', m.Arn, undefined);
+    const arnRegion = currentKeyId.split(':')[3];
     const details: Record<string, string | number | boolean | null> = {
       keyId: m.KeyId ?? null,
-      keyArn: m.Arn ?? null,
+      keyArn: currentKeyId,
       accountId: m.AWSAccountId ?? null,
-      keyUsage: m.KeyUsage ?? null,
-      keySpec: m.KeySpec ?? m.CustomerMasterKeySpec ?? null,
+      keyUsage: m.KeyUsage,
+      keySpec: spec,
       keyManager: m.KeyManager ?? null,
       origin: m.Origin ?? null,
       multiRegion: m.MultiRegion ?? false,
       multiRegionKeyType: m.MultiRegionConfiguration?.MultiRegionKeyType ?? null,
       primaryRegion: m.MultiRegionConfiguration?.PrimaryKey?.Region ?? null,
       deletionDate: m.DeletionDate instanceof Date ? m.DeletionDate.toISOString() : null,
-      canWrap:
-        m.KeyUsage === 'ENCRYPT_DECRYPT' && (m.KeySpec ?? m.CustomerMasterKeySpec) === 'SYMMETRIC_DEFAULT',
+      canWrap: m.KeyUsage === 'ENCRYPT_DECRYPT' && spec === 'SYMMETRIC_DEFAULT',
     };
     return {
       state: mapState(m.KeyState),
-      ...(m.KeyState === undefined ? {} : { providerState: m.KeyState }),
+      providerState: m.KeyState,
       region: arnRegion !== undefined && arnRegion !== '' ? arnRegion : this.region,
+      currentKeyId,
       details,
     };
   }
@@ -926,6 +1021,28 @@ export class AwsKmsKek implements Kek {
     const status = httpStatus(e);
     const label = errorLabel(e);
     const fail = `${where} failed`;
+    if (status !== undefined && NOT_KMS_ANSWERS.has(name)) {
+      // The body is not a KMS answer (HTML from a proxy, a load balancer or a wrong endpoint, or
+      // JSON without an error name): classify by HTTP status alone.
+      const what = `HTTP ${status} with a body that is not an AWS KMS answer`;
+      if (status >= 200 && status < 300) {
+        return new KmsIntegrityError(`${fail}: ${what}`, opts(e));
+      }
+      if (status === 401 || status === 403) {
+        return new KmsCredentialsError(
+          `${fail}: ${what} (the request was refused before it reached KMS, or the credentials (${describeAuth(this.#options.auth)}) were rejected)`,
+          opts(e),
+        );
+      }
+      if (status === 429) return new KmsThrottledError(`${fail}: throttled (${what})`, opts(e));
+      if ((status >= 300 && status < 400) || status === 404 || status === 405) {
+        return new ByokConfigError(
+          `${fail}: ${what}: check the endpoint option (${this.#options.endpoint ?? 'the SDK default endpoint'}) points at AWS KMS`,
+          opts(e),
+        );
+      }
+      return new KmsUnavailableError(`${fail}: KMS unavailable (${what})`, opts(e));
+    }
     if (name === 'AccessDeniedException')
       return new KeyAccessDeniedError(`${fail}: access denied (${name})`, opts(e));
     if (name === 'DisabledException')
@@ -952,7 +1069,7 @@ export class AwsKmsKek implements Kek {
         opts(e),
       );
     }
-    if (CREDENTIAL_ERRORS.has(name)) {
+    if (CREDENTIAL_ERRORS.has(name) || status === 401 || status === 403) {
       return new KmsCredentialsError(
         `${fail}: the credentials (${describeAuth(this.#options.auth)}) were rejected (${name})`,
         opts(e),

@@ -35,7 +35,7 @@ import {
   KmsUnavailableError,
 } from '../errors.ts';
 import { crc32c } from '../crypto/crc32c.ts';
-import type { Kek, KekConfig, KekFactory, KeyDescription, WrapContext } from './kek.ts';
+import type { Kek, KekConfig, KekFactory, KeyDescription, WrapContext, WrapResult } from './kek.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -536,6 +536,11 @@ const ALGORITHM_NAMES: Record<number, string> = {
   18: 'EXTERNAL_SYMMETRIC_ENCRYPTION',
 };
 
+/** An enum field the answer did not set (absent, 0, or its `*_UNSPECIFIED` name). */
+function unspecified(v: string | undefined): boolean {
+  return v === undefined || v === '' || v === '0' || v.endsWith('_UNSPECIFIED');
+}
+
 function enumText(v: string | number | null | undefined, names: Record<number, string>): string | undefined {
   if (v === null || v === undefined) return undefined;
   return typeof v === 'number' ? (names[v] ?? String(v)) : v;
@@ -597,7 +602,17 @@ interface Connection {
  *   corrupted), or an unwrapped value that is not 32 bytes → `KmsIntegrityError` (the same class the
  *   local KEK uses for a wrapped key it cannot open; field-level `DecryptionFailedError` is for
  *   field ciphertexts);
+ * - `UNKNOWN`, `ABORTED` → `KmsUnavailableError`; `UNIMPLEMENTED` → `ByokConfigError` (not a Cloud
+ *   KMS endpoint); `DATA_LOSS` → `KmsIntegrityError`;
+ * - an answer that is not gRPC from Cloud KMS (HTML from a proxy or wrong endpoint: gRPC reports
+ *   "Received HTTP status code N"), by HTTP status and never as a revocation: 401 / 403 →
+ *   `KmsCredentialsError`, 429 → `KmsThrottledError`, 3xx / 404 / 405 → `ByokConfigError`, anything
+ *   else → `KmsUnavailableError`;
+ * - an answer missing a field the method needs (Encrypt `name` of a version of this key,
+ *   GetCryptoKey `purpose`, primary version `name` and `state`) → `KmsIntegrityError`;
  * - other `INVALID_ARGUMENT` → `ByokConfigError`; anything else → `ByokError`.
+ *
+ * Every message starts with `Cloud KMS <method> with <key name>`.
  */
 export class GcpKmsKek implements Kek {
   readonly kind = 'gcp-kms' as const;
@@ -629,6 +644,15 @@ export class GcpKmsKek implements Kek {
 
   /** Wraps a 32-byte DEK with `Encrypt` on the CryptoKey (its primary version). */
   async wrap(dek: Uint8Array, context: WrapContext): Promise<Uint8Array> {
+    return (await this.wrapIdentified(dek, context)).wrapped;
+  }
+
+  /**
+   * `wrap`, also returning the CryptoKeyVersion that encrypted (the Encrypt answer's `name`: the
+   * primary version at the moment of the call). Unwrapping still names the CryptoKey (Cloud KMS
+   * finds the version in the ciphertext); the version is kept for status and health.
+   */
+  async wrapIdentified(dek: Uint8Array, context: WrapContext): Promise<WrapResult> {
     if (!(dek instanceof Uint8Array) || dek.length !== DEK_BYTES) {
       throw configError(`gcpKms.wrap: a data key must be ${DEK_BYTES} bytes`);
     }
@@ -653,16 +677,34 @@ export class GcpKmsKek implements Kek {
       if (int64(res.ciphertextCrc32c) !== gcpCrc32c(ciphertext)) {
         throw new IntegrityFailure('the ciphertext does not match its checksum');
       }
-      if (typeof res.name !== 'string' || !res.name.startsWith(`${this.keyRef}/cryptoKeyVersions/`)) {
-        throw new IntegrityFailure('the answer names a version of another key');
+      if (typeof res.name !== 'string' || !this.canName(res.name)) {
+        throw new IntegrityFailure('the answer names no version of this key');
       }
-      return Uint8Array.from(ciphertext);
+      return { wrapped: Uint8Array.from(ciphertext), wrappedBy: res.name };
     });
   }
 
-  /** Unwraps with `Decrypt` on the CryptoKey (the KMS finds the version in the ciphertext). */
-  async unwrap(wrapped: Uint8Array, context: WrapContext): Promise<Uint8Array> {
+  /** Whether `versionName` is a CryptoKeyVersion of this KEK's CryptoKey. */
+  canName(versionName: string): boolean {
+    return (
+      typeof versionName === 'string' &&
+      versionName.startsWith(`${this.keyRef}/cryptoKeyVersions/`) &&
+      /^[1-9]\d{0,18}$/.test(versionName.slice(this.keyRef.length + '/cryptoKeyVersions/'.length))
+    );
+  }
+
+  /**
+   * Unwraps with `Decrypt` on the CryptoKey (the KMS finds the version in the ciphertext, and
+   * Decrypt refuses a version name). `wrappedBy`, when recorded, must be a version of this key.
+   */
+  async unwrap(wrapped: Uint8Array, context: WrapContext, wrappedBy?: string): Promise<Uint8Array> {
     const aad = this.#aad(context);
+    if (wrappedBy !== undefined && wrappedBy !== null && !this.canName(wrappedBy)) {
+      throw new KmsIntegrityError(
+        `gcpKms.unwrap: the data key is recorded as wrapped by ${String(wrappedBy)}, which is not a version of ${this.keyRef}`,
+        { tenantId: context.tenantId },
+      );
+    }
     if (!(wrapped instanceof Uint8Array) || wrapped.length === 0 || wrapped.length > MAX_WRAPPED_BYTES) {
       throw new KmsIntegrityError(
         `gcpKms.unwrap: the wrapped data key for ${this.keyRef} is empty or too long`,
@@ -705,6 +747,17 @@ export class GcpKmsKek implements Kek {
     const key = await this.#call('GetCryptoKey', undefined, async (client, options) => {
       const [res] = await client.getCryptoKey({ name: this.keyRef }, options);
       if (!res) throw new IntegrityFailure('no key metadata');
+      if (unspecified(enumText(res.purpose, PURPOSE_NAMES))) throw new IntegrityFailure('no key purpose');
+      if (
+        enumText(res.purpose, PURPOSE_NAMES) === 'ENCRYPT_DECRYPT' &&
+        res.primary !== null &&
+        res.primary !== undefined &&
+        (typeof res.primary.name !== 'string' ||
+          !this.canName(res.primary.name) ||
+          unspecified(enumText(res.primary.state, STATE_NAMES)))
+      ) {
+        throw new IntegrityFailure('a primary version without a name of this key or a state');
+      }
       return res;
     });
     const purpose = enumText(key.purpose, PURPOSE_NAMES);
@@ -719,6 +772,7 @@ export class GcpKmsKek implements Kek {
       state: encrypting ? mapVersionState(primaryState) : 'unknown',
       providerState: encrypting ? (primaryState ?? 'NO_PRIMARY_VERSION') : `PURPOSE_${purpose ?? 'UNKNOWN'}`,
       region: this.region,
+      ...(typeof key.primary?.name === 'string' ? { currentKeyId: key.primary.name } : {}),
       details: {
         keyName: this.keyRef,
         purpose: purpose ?? null,
@@ -941,9 +995,41 @@ export class GcpKmsKek implements Kek {
         opts(e),
       );
     }
-    const status = GRPC_STATUS_NAMES[code]!;
+    const status = GRPC_STATUS_NAMES[code] ?? `status ${code}`;
     const fail = `${where} failed${tries}: ${status}`;
+    const http = /Received HTTP status code (\d{3})/i.exec(details);
+    if (http) {
+      // Not a gRPC answer from Cloud KMS (a proxy, load balancer or wrong endpoint answered HTTP):
+      // gRPC derived the status from the HTTP code; classify by that code, never as a revocation.
+      const httpStatus = Number(http[1]);
+      const what = `HTTP ${httpStatus} that is not a Cloud KMS answer`;
+      if (httpStatus === 401 || httpStatus === 403) {
+        return new KmsCredentialsError(
+          `${where} failed${tries}: ${what} (the request was refused before it reached Cloud KMS, or the credentials of ${this.#describeCredentials()} were rejected)`,
+          opts(e),
+        );
+      }
+      if (httpStatus === 429)
+        return new KmsThrottledError(`${where} failed${tries}: throttled (${what})`, opts(e));
+      if ((httpStatus >= 300 && httpStatus < 400) || httpStatus === 404 || httpStatus === 405) {
+        return new ByokConfigError(
+          `${where} failed${tries}: ${what}: check apiEndpoint / port point at Cloud KMS`,
+          opts(e),
+        );
+      }
+      return new KmsUnavailableError(`${where} failed${tries}: KMS unavailable (${what})`, opts(e));
+    }
     switch (code) {
+      case 2:
+      case 10:
+        return new KmsUnavailableError(`${fail} (an unexpected or aborted answer)`, opts(e));
+      case 12:
+        return new ByokConfigError(
+          `${fail} (the endpoint does not implement this Cloud KMS method: check apiEndpoint / port)`,
+          opts(e),
+        );
+      case 15:
+        return new KmsIntegrityError(`${fail} (data loss reported by the KMS)`, opts(e));
       case 7:
         return new KeyAccessDeniedError(`${fail} (the credentials may not use this key)`, opts(e));
       case 5:

@@ -28,6 +28,12 @@ export interface KeyDescription {
   readonly providerState?: string;
   /** Region or location of the key, when the provider has one. */
   readonly region?: string;
+  /**
+   * The key a wrap uses now: the key ARN an AWS key or alias ARN resolves to, the primary
+   * CryptoKeyVersion of a Cloud KMS key. Compared with the keys recorded per wrap to detect an
+   * alias moved to another key or a rotated primary version.
+   */
+  readonly currentKeyId?: string;
   /** Non-secret details worth showing an administrator (key spec, usage, rotation). */
   readonly details?: Readonly<Record<string, string | number | boolean | null>>;
 }
@@ -41,6 +47,17 @@ export interface KekConfig {
   readonly secret?: Readonly<Record<string, unknown>>;
 }
 
+/** A wrapped data key and the key that actually wrapped it (see {@link Kek.wrapIdentified}). */
+export interface WrapResult {
+  readonly wrapped: Uint8Array;
+  /**
+   * The key that wrapped, as the KMS named it: AWS the key ARN of the Encrypt answer (also when the
+   * KEK names an alias), Cloud KMS the CryptoKeyVersion. Recorded per wrap and passed back to
+   * `unwrap`, so moving an alias or rotating a primary version never strands a wrapped key.
+   */
+  readonly wrappedBy: string;
+}
+
 export interface Kek {
   readonly kind: KekKind;
   /** Stable, non-secret identifier of the key (ARN, Cloud KMS resource name, `local:<fingerprint>`). */
@@ -48,7 +65,14 @@ export interface Kek {
   /** Region / location used to prefer a KEK during unwrap failover; undefined for global keys. */
   readonly region?: string;
   wrap(dek: Uint8Array, context: WrapContext): Promise<Uint8Array>;
-  unwrap(wrapped: Uint8Array, context: WrapContext): Promise<Uint8Array>;
+  /** Optional: `wrap`, also naming the key that actually wrapped. The keyring records it per wrap. */
+  wrapIdentified?(dek: Uint8Array, context: WrapContext): Promise<WrapResult>;
+  /**
+   * `wrappedBy`: what `wrapIdentified` returned for this wrap, when recorded. A provider unwraps by
+   * it when it is a key its own reference can name (the key itself, or for an alias a key of the
+   * alias's account and region) and refuses it otherwise.
+   */
+  unwrap(wrapped: Uint8Array, context: WrapContext, wrappedBy?: string): Promise<Uint8Array>;
   /** Key state check (DescribeKey / GetCryptoKey). */
   describe(): Promise<KeyDescription>;
   toConfig(): KekConfig;

@@ -14,8 +14,11 @@
  *   `X-Amz-Target: TrentService.*` are KMS calls, form-encoded `Action=...` bodies are STS calls.
  * - Principals are IAM users (static access keys made by {@link AwsKmsServer.addUser}) and role
  *   sessions (temporary credentials issued by STS `AssumeRole` / `AssumeRoleWithWebIdentity`).
- *   There are no identity-based IAM policies: what a principal may do on a key is decided by the key
- *   policy alone, and a role may be assumed by whoever its trust policy names.
+ *   There are no identity-based IAM policies beyond one switch per principal (`iamAllowsKms`,
+ *   default true: "its IAM policies allow kms:*"): a key policy statement naming an account (or
+ *   its `:root`) applies to the account's principals with that switch on, a statement naming a
+ *   principal (or a role, for its sessions) applies to it; a role may be assumed by whoever its
+ *   trust policy names.
  * - Symmetric keys use real AES-256-GCM (node:crypto). A ciphertext blob is self-describing:
  *   `"LKMS"`, version byte, account id, key id, IV, tag, ciphertext; the header and the canonical
  *   EncryptionContext are the GCM AAD, so a Decrypt with another context fails with
@@ -137,6 +140,13 @@ export interface AwsKmsKeyInfo {
 }
 
 export interface AddUserOptions {
+  /**
+   * Whether the principal's identity-based IAM policies allow every KMS action, so that a key policy
+   * statement naming its account (or the account's `:root`) applies to it, as on AWS when an IAM
+   * policy grants `kms:*`. Default true. False: only statements naming the principal itself (or,
+   * for a role, the role) apply, like a BYOK role with no IAM policy of its own.
+   */
+  iamAllowsKms?: boolean;
   /** Default `user-<n>`. */
   name?: string;
   /** Default: the server's account. */
@@ -174,6 +184,13 @@ export interface RoleTrust {
 }
 
 export interface AddRoleOptions {
+  /**
+   * Whether the principal's identity-based IAM policies allow every KMS action, so that a key policy
+   * statement naming its account (or the account's `:root`) applies to it, as on AWS when an IAM
+   * policy grants `kms:*`. Default true. False: only statements naming the principal itself (or,
+   * for a role, the role) apply, like a BYOK role with no IAM policy of its own.
+   */
+  iamAllowsKms?: boolean;
   name: string;
   /** Default: the server's account. */
   accountId?: string;
@@ -298,6 +315,15 @@ export interface AwsKmsServer {
   replicateKey(primary: string, replicaRegion: string): AwsKmsKeyInfo;
   /** Creates `alias/...` pointing to a key, in the key's account and region; returns the alias ARN. */
   createAlias(aliasName: string, key: string): string;
+  /**
+   * Points an alias (alias ARN, or `alias/...` in the default account and region) at another key of
+   * its account and region, of the same type: AWS's manual key rotation. Also `UpdateAlias` on the wire.
+   */
+  updateAlias(alias: string, key: string): void;
+  /** Deletes an alias (the key stays). Also `DeleteAlias` on the wire. */
+  deleteAlias(alias: string): void;
+  /** The current key policy document of a key, as JSON text (also `GetKeyPolicy` on the wire). */
+  getPolicy(key: string): string;
   /** Current metadata of a key (id, ARN, alias name or alias ARN; ids resolve in the default region). */
   describeKey(key: string): AwsKmsKeyInfo;
   setKeyState(key: string, state: AwsKeyState): void;
@@ -335,6 +361,8 @@ interface Principal {
   readonly accountId: string;
   /** Role ARN, for sessions. */
   readonly roleArn?: string;
+  /** False when the principal has no identity-based policy allowing KMS (see `iamAllowsKms`). */
+  readonly iamAllowsKms?: boolean;
 }
 
 interface Credential {
@@ -366,8 +394,9 @@ interface KeyRecord {
 interface AliasRecord {
   readonly name: string;
   readonly arn: string;
-  readonly targetKeyId: string;
+  targetKeyId: string;
   readonly createdAt: Date;
+  updatedAt: Date;
 }
 
 interface RoleRecord {
@@ -376,6 +405,7 @@ interface RoleRecord {
   readonly accountId: string;
   readonly roleId: string;
   readonly maxSessionDurationSeconds: number;
+  readonly iamAllowsKms: boolean;
   trust: NormalizedPolicy;
 }
 
@@ -540,9 +570,11 @@ function normalizePolicy(input: PolicyDocument | string): NormalizedPolicy {
 
 function principalMatches(pattern: string, p: Principal): boolean {
   if (pattern === '*') return true;
-  if (/^\d{12}$/.test(pattern)) return p.accountId === pattern;
+  // An account (or its root) in a key policy delegates to the account's IAM policies: it covers the
+  // account's principals whose identity-based policies allow KMS (all, unless `iamAllowsKms: false`).
+  if (/^\d{12}$/.test(pattern)) return p.accountId === pattern && p.iamAllowsKms !== false;
   const root = /^arn:aws:iam::(\d{12}):root$/.exec(pattern);
-  if (root) return p.accountId === root[1];
+  if (root) return p.accountId === root[1] && p.iamAllowsKms !== false;
   if (pattern === p.arn) return true;
   // A role ARN (possibly with a path) matches every session of the role.
   return p.roleArn !== undefined && pattern === p.roleArn;
@@ -590,6 +622,10 @@ function isAllowed(
     allowed = true;
   }
   return allowed;
+}
+
+function defaultKeyPolicyText(accountId: string): string {
+  return JSON.stringify(defaultKeyPolicy(accountId));
 }
 
 function defaultKeyPolicy(accountId: string): PolicyDocument {
@@ -975,6 +1011,46 @@ class LocalAwsKms {
     return this.putAlias(key, aliasName).arn;
   }
 
+  updateAlias(alias: string, keyRef: string): void {
+    const record = this.adminAlias(alias);
+    const key = this.adminKey(keyRef);
+    this.moveAlias(record, key);
+  }
+
+  deleteAlias(alias: string): void {
+    this.aliases.delete(this.adminAlias(alias).arn);
+  }
+
+  /** Alias lookup for the test-side API: alias ARN, or alias name in the default region and account. */
+  private adminAlias(ref: string): AliasRecord {
+    const arn = ref.startsWith('arn:')
+      ? ref
+      : `arn:${PARTITION}:kms:${this.defaultRegion}:${this.defaultAccount}:${ref}`;
+    const alias = this.aliases.get(arn);
+    if (alias === undefined) throw new Error(`no alias ${ref}`);
+    return alias;
+  }
+
+  /** Points an alias at another key of its account and region, of the same key type (as KMS requires). */
+  private moveAlias(alias: AliasRecord, key: KeyRecord): void {
+    const [, , , region, accountId] = alias.arn.split(':');
+    if (key.region !== region || key.accountId !== accountId) {
+      throw new WireError(
+        'ValidationException',
+        `${key.arn} is not in the account and region of ${alias.arn}`,
+      );
+    }
+    const current = this.keys.get(`arn:${PARTITION}:kms:${region}:${accountId}:key/${alias.targetKeyId}`);
+    if (current !== undefined && (current.keySpec !== key.keySpec || current.keyUsage !== key.keyUsage)) {
+      throw new WireError(
+        'ValidationException',
+        `${alias.arn} points to a ${current.keySpec} ${current.keyUsage} key; the new target must be of the same type`,
+      );
+    }
+    alias.targetKeyId = key.keyId;
+    alias.updatedAt = new Date();
+  }
+
   setPolicy(keyRef: string, policy: PolicyDocument | string): void {
     const key = this.adminKey(keyRef);
     key.policy = normalizePolicy(policy);
@@ -990,7 +1066,15 @@ class LocalAwsKms {
     if (this.credentials.has(accessKeyId)) throw new Error(`access key ${accessKeyId} already exists`);
     const secretAccessKey = o.secretAccessKey ?? randomBytes(30).toString('base64');
     this.users.add(arn);
-    this.credentials.set(accessKeyId, { secretAccessKey, principal: { kind: 'user', arn, accountId } });
+    this.credentials.set(accessKeyId, {
+      secretAccessKey,
+      principal: {
+        kind: 'user',
+        arn,
+        accountId,
+        ...(o.iamAllowsKms === false ? { iamAllowsKms: false } : {}),
+      },
+    });
     return { name, arn, accountId, accessKeyId, secretAccessKey };
   }
 
@@ -1005,6 +1089,7 @@ class LocalAwsKms {
       accountId,
       roleId: `AROA${randomAccessKeyId('AKIA').slice(4)}`,
       maxSessionDurationSeconds: o.maxSessionDurationSeconds ?? 3600,
+      iamAllowsKms: o.iamAllowsKms !== false,
       trust: normalizePolicy(trustToPolicy(o.trust, this.providers)),
     };
     this.roles.set(arn, role);
@@ -1586,8 +1671,14 @@ class LocalAwsKms {
         return this.opCreateKey(input, ctx);
       case 'CreateAlias':
         return this.opCreateAlias(input, ctx);
+      case 'UpdateAlias':
+        return this.opUpdateAlias(input, ctx);
+      case 'DeleteAlias':
+        return this.opDeleteAlias(input, ctx);
       case 'ListAliases':
         return this.opListAliases(input, ctx);
+      case 'ReplicateKey':
+        return this.opReplicateKey(input, ctx);
       case 'GetKeyPolicy':
         return this.opGetKeyPolicy(input, ctx);
       case 'PutKeyPolicy':
@@ -1886,7 +1977,14 @@ class LocalAwsKms {
     const arn = `arn:${PARTITION}:kms:${key.region}:${key.accountId}:${aliasName}`;
     if (this.aliases.has(arn))
       throw new WireError('AlreadyExistsException', `An alias with the name ${arn} already exists`);
-    const alias: AliasRecord = { name: aliasName, arn, targetKeyId: key.keyId, createdAt: new Date() };
+    const now = new Date();
+    const alias: AliasRecord = {
+      name: aliasName,
+      arn,
+      targetKeyId: key.keyId,
+      createdAt: now,
+      updatedAt: now,
+    };
     this.aliases.set(arn, alias);
     return alias;
   }
@@ -1904,6 +2002,109 @@ class LocalAwsKms {
     return {};
   }
 
+  /** The alias of an `AliasName` (`alias/...`, in the caller's account and the request's region). */
+  private requireAlias(region: string, principal: Principal, name: unknown): AliasRecord {
+    if (typeof name !== 'string' || !/^alias\/[a-zA-Z0-9/_-]{1,250}$/.test(name)) {
+      throw new WireError(
+        'ValidationException',
+        `1 validation error detected: Value '${String(name)}' at 'aliasName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^alias/[a-zA-Z0-9/_-]+$`,
+      );
+    }
+    if (name.startsWith('alias/aws/')) {
+      throw new WireError('NotAuthorizedException', 'Cannot modify an AWS managed alias');
+    }
+    const arn = `arn:${PARTITION}:kms:${region}:${principal.accountId}:${name}`;
+    const alias = this.aliases.get(arn);
+    if (alias === undefined) throw new WireError('NotFoundException', `Alias ${arn} is not found.`);
+    return alias;
+  }
+
+  /** UpdateAlias: kms:UpdateAlias on the current and the new target key (key policies). */
+  private opUpdateAlias(input: Json, { principal, region }: { principal: Principal; region: string }): Json {
+    if (typeof input.TargetKeyId === 'string' && input.TargetKeyId.includes('alias/')) {
+      throw new WireError('ValidationException', 'TargetKeyId must be a key id or key ARN');
+    }
+    const alias = this.requireAlias(region, principal, input.AliasName);
+    const key = this.requireKey(region, principal, input.TargetKeyId, 'targetKeyId');
+    const current = this.keys.get(
+      `arn:${PARTITION}:kms:${region}:${principal.accountId}:key/${alias.targetKeyId}`,
+    );
+    if (current !== undefined) this.authorize(current, principal, 'kms:UpdateAlias');
+    this.authorize(key, principal, 'kms:UpdateAlias');
+    if (key.accountId !== principal.accountId) {
+      throw new WireError('AccessDeniedException', 'An alias can only point to a key of the caller account');
+    }
+    if (key.state === 'PendingDeletion') {
+      throw new WireError('KMSInvalidStateException', `${key.arn} is pending deletion.`);
+    }
+    this.moveAlias(alias, key);
+    return {};
+  }
+
+  /** DeleteAlias: kms:DeleteAlias on the alias's key (key policy). */
+  private opDeleteAlias(input: Json, { principal, region }: { principal: Principal; region: string }): Json {
+    const alias = this.requireAlias(region, principal, input.AliasName);
+    const key = this.keys.get(
+      `arn:${PARTITION}:kms:${region}:${principal.accountId}:key/${alias.targetKeyId}`,
+    );
+    if (key !== undefined) this.authorize(key, principal, 'kms:DeleteAlias');
+    this.aliases.delete(alias.arn);
+    return {};
+  }
+
+  /**
+   * ReplicateKey: a replica of a multi-region primary key in `ReplicaRegion` (same key id and
+   * material), with `Policy` or the default key policy. kms:ReplicateKey on the primary.
+   */
+  private opReplicateKey(input: Json, { principal, region }: { principal: Principal; region: string }): Json {
+    const primary = this.requireKey(region, principal, input.KeyId);
+    this.authorize(primary, principal, 'kms:ReplicateKey');
+    const replicaRegion = input.ReplicaRegion;
+    if (typeof replicaRegion !== 'string' || !/^[a-z]{2,4}(-[a-z]+)+-\d{1,2}$/.test(replicaRegion)) {
+      throw new WireError(
+        'ValidationException',
+        "1 validation error detected: Value at 'replicaRegion' failed to satisfy constraint: Member must be a region name",
+      );
+    }
+    if (!primary.multiRegion) {
+      throw new WireError('UnsupportedOperationException', `${primary.arn} is not a multi-Region key.`);
+    }
+    if (primary.multiRegionKeyType !== 'PRIMARY') {
+      throw new WireError('UnsupportedOperationException', `${primary.arn} is not a primary key.`);
+    }
+    if (replicaRegion === primary.region) {
+      throw new WireError(
+        'ValidationException',
+        'The replica must be in another Region than its primary key.',
+      );
+    }
+    if (primary.state !== 'Enabled' && primary.state !== 'Disabled') {
+      throw new WireError('KMSInvalidStateException', `${primary.arn} is ${primary.state}.`);
+    }
+    const arn = `arn:${PARTITION}:kms:${replicaRegion}:${primary.accountId}:key/${primary.keyId}`;
+    if (this.keys.has(arn)) throw new WireError('AlreadyExistsException', `${arn} already exists`);
+    let policyText = defaultKeyPolicyText(primary.accountId);
+    if (input.Policy !== undefined) {
+      if (typeof input.Policy !== 'string')
+        throw new WireError('ValidationException', 'Policy must be a string');
+      try {
+        normalizePolicy(input.Policy);
+      } catch (e) {
+        throw new WireError('MalformedPolicyDocumentException', (e as Error).message);
+      }
+      policyText = input.Policy;
+    }
+    const replica = this.replicateKey(primary.arn, replicaRegion);
+    replica.policyText = policyText;
+    replica.policy = normalizePolicy(policyText);
+    if (typeof input.Description === 'string') replica.description = input.Description;
+    return {
+      ReplicaKeyMetadata: this.keyMetadata(replica),
+      ReplicaPolicy: policyText,
+      ReplicaTags: [],
+    };
+  }
+
   private opListAliases(input: Json, { principal, region }: { principal: Principal; region: string }): Json {
     let keyId: string | undefined;
     if (input.KeyId !== undefined) {
@@ -1919,7 +2120,7 @@ class LocalAwsKms {
         AliasArn: a.arn,
         TargetKeyId: a.targetKeyId,
         CreationDate: epochSeconds(a.createdAt),
-        LastUpdatedDate: epochSeconds(a.createdAt),
+        LastUpdatedDate: epochSeconds(a.updatedAt),
       }));
     return { Aliases: aliases, Truncated: false };
   }
@@ -2052,7 +2253,13 @@ class LocalAwsKms {
       secretAccessKey,
       sessionToken,
       expiresAt,
-      principal: { kind: 'assumed-role', arn, accountId: role.accountId, roleArn: role.arn },
+      principal: {
+        kind: 'assumed-role',
+        arn,
+        accountId: role.accountId,
+        roleArn: role.arn,
+        ...(role.iamAllowsKms ? {} : { iamAllowsKms: false }),
+      },
     });
     return (
       `<AssumedRoleUser><Arn>${xmlEscape(arn)}</Arn><AssumedRoleId>${role.roleId}:${xmlEscape(sessionName)}</AssumedRoleId></AssumedRoleUser>` +
@@ -2311,6 +2518,9 @@ export async function startAwsKmsServer(options: AwsKmsServerOptions = {}): Prom
     createKey: (o) => state.info(state.createKey(o)),
     replicateKey: (primary, region) => state.info(state.replicateKey(primary, region)),
     createAlias: (alias, key) => state.createAlias(alias, key),
+    updateAlias: (alias, key) => state.updateAlias(alias, key),
+    deleteAlias: (alias) => state.deleteAlias(alias),
+    getPolicy: (key) => state.adminKey(key).policyText,
     describeKey: (key) => state.info(state.adminKey(key)),
     setKeyState: (key, s) => {
       const record = state.adminKey(key);

@@ -1,6 +1,8 @@
 /**
  * `drizzle-byok/testing`: local servers that speak the real KMS wire protocols, so the real
  * `@aws-sdk/client-kms` and `@google-cloud/kms` clients run unchanged in your tests. Loopback only.
+ * The sum of `drizzle-byok/testing/aws` (Node built-ins only) and `drizzle-byok/testing/gcp` (needs
+ * the Cloud KMS and gRPC packages): import the one you need to install only its SDK.
  */
-export * from './aws-kms-server.ts';
-export * from './gcp-kms-server.ts';
+export * from './aws.ts';
+export * from './gcp.ts';
