@@ -164,3 +164,69 @@ export function redactUrl(url: string): string {
     return '(DATABASE_URL)';
   }
 }
+
+/** A figure judged against a target, printed where it is measured and again in the closing summary. */
+export interface TargetResult {
+  readonly section: string;
+  readonly label: string;
+  readonly value: string;
+  readonly goal: string;
+  readonly met: boolean;
+}
+
+const targets: TargetResult[] = [];
+
+/**
+ * Records and prints one target: `value` (formatted by `fmt`) against `goal` with `op`. Every target
+ * of the run is listed again, met or not, at the end of `npm run bench`.
+ */
+export function checkTarget(
+  section: string,
+  label: string,
+  value: number,
+  op: '<=' | '>=',
+  goal: number,
+  fmt: (n: number) => string = fmtRatio,
+): TargetResult {
+  const met = Number.isFinite(value) && (op === '<=' ? value <= goal : value >= goal);
+  const t: TargetResult = {
+    section,
+    label,
+    value: fmt(value),
+    goal: `${op === '<=' ? '≤' : '≥'} ${fmt(goal)}`,
+    met,
+  };
+  targets.push(t);
+  console.log(`- target: ${label}: **${t.value}** (target ${t.goal}) → ${met ? 'met' : 'not met'}`);
+  return t;
+}
+
+/** Every target recorded so far, in order. */
+export function recordedTargets(): readonly TargetResult[] {
+  return targets;
+}
+
+/** CPU seconds (user + system) used so far by the given processes (Linux `/proc`), or NaN when unreadable. */
+export async function processCpuSeconds(pids: readonly number[]): Promise<number> {
+  const { readFile } = await import('node:fs/promises');
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+      // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(rest[11]) + Number(rest[12]);
+    } catch {
+      return Number.NaN;
+    }
+  }
+  return ticks / 100;
+}
+
+/** The server process ids behind a postgres.js client's connections (opens up to `n` of them). */
+export async function backendPids(client: postgres.Sql, n: number): Promise<number[]> {
+  const rows = await Promise.all(
+    Array.from({ length: n }, () => client`select pg_backend_pid() as pid, pg_sleep(0.05)`),
+  );
+  return [...new Set(rows.map((r) => Number(r[0]?.pid)))];
+}

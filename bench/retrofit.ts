@@ -2,23 +2,40 @@
  * Section "retrofit": backfill throughput on a real PostgreSQL (drizzle-orm + postgres.js).
  *
  * 1,000,000 rows (BENCH_QUICK: 100,000) × 3 plaintext text columns of 32–63 B, 100 tenants, bigint
- * primary key. The same rows are rewritten three ways, each on its own freshly seeded copy of the table:
- * - `runBackfill`: in-place encryption (`storage: 'text'`), the shipped defaults (batches of 1,000
- *   rows, chunks of 20,000): keyset read, data keys loaded per batch, rows locked and re-read,
- *   AES-256-GCM per value, UPDATE and checkpoint in one transaction;
+ * primary key. The same rows are rewritten four ways, each on its own freshly seeded copy of the table:
+ * - `runBackfill` in one worker process, in-place encryption (`storage: 'text'`), the shipped
+ *   defaults (batches of 1,000 rows, chunks of 20,000): keyset read of the next batch while the
+ *   current one is encrypted and written, data keys loaded per batch, one statement per batch that
+ *   locks the rows (`SKIP LOCKED`), rewrites those whose `xmin` is unchanged and moves the checkpoint;
+ * - the same with two worker processes sharing the job (chunks claimed with `SKIP LOCKED`);
  * - a plain batched UPDATE from the client, the shape of a hand-written script: keyset read of 1,000
  *   rows, then `UPDATE ... FROM (VALUES ...)` writing the same values back, no locks, no checkpoint;
  * - a plain batched UPDATE on the server: `UPDATE t SET a = a, b = b, c = c WHERE id > $lo AND
  *   id <= $hi`, 1,000 rows per statement (no data travels: the floor of any rewrite).
- * Ratios are backfill time / baseline time, measured in the same run.
+ * Ratios are taken within the run. CPU per row is read from /proc for the client process and the
+ * PostgreSQL server processes of its connections.
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { drizzle } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
+import { deriveFieldKey, seal } from '../src/crypto/aead.ts';
 import { createKeyring, localKek } from '../src/index.ts';
-import { runBackfill, verifyBackfill } from '../src/migrate/index.ts';
+import { verifyBackfill } from '../src/migrate/index.ts';
 import { retrofitSchema } from '../test/fixtures/retrofit-schema.ts';
-import { type BenchContext, fmtRatio, markdownTable, printSectionHeader, type Section } from './lib.ts';
+import {
+  type BenchContext,
+  backendPids,
+  checkTarget,
+  fmtRatio,
+  markdownTable,
+  median,
+  printSectionHeader,
+  processCpuSeconds,
+  type Section,
+} from './lib.ts';
 
 const SCHEMA = 'byok_bench_retrofit';
 const BATCH = 1000;
@@ -77,82 +94,199 @@ async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }>
   return { ms: performance.now() - t0, value };
 }
 
+interface WorkerReport {
+  startedAt: number;
+  endedAt: number;
+  rowsSeen: number;
+  written: number;
+  chunks: number;
+  busyRetries: number;
+  jobDone: boolean;
+  cpuSeconds: number;
+  dbCpuSeconds: number;
+}
+
+/** Runs `n` backfill worker processes over `<schema>.accounts`, started at the same moment. */
+async function backfillProcesses(n: number, url: string, platformKey: string): Promise<WorkerReport[]> {
+  const script = fileURLToPath(new URL('./retrofit-worker.ts', import.meta.url));
+  const startAt = Date.now() + 1500;
+  const one = () =>
+    new Promise<WorkerReport>((resolve, reject) => {
+      const child = spawn(process.execPath, ['--experimental-strip-types', '--no-warnings', script], {
+        env: {
+          ...process.env,
+          DATABASE_URL: url,
+          SCHEMA,
+          PLATFORM_KEY: platformKey,
+          START_AT: String(startAt),
+        },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString('utf8');
+      });
+      child.on('error', reject);
+      child.on('exit', (code) => {
+        if (code !== 0) return reject(new Error(`backfill worker exited with code ${code}`));
+        try {
+          resolve(JSON.parse(out.trim().split('\n').at(-1)!) as WorkerReport);
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+  return Promise.all(Array.from({ length: n }, one));
+}
+
+/** AES-256-GCM seal of one value of the seeded size (~48 B), µs: the encryption floor per value. */
+function sealMicros(): number {
+  const fk = deriveFieldKey(randomBytes(32), randomBytes(16), 'bench', 'bench.accounts.name');
+  const pt = Buffer.from('0123456789abcdef0123456789abcdef0123456789abcdef');
+  const runs: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    const n = 50_000;
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) seal(fk, pt);
+    runs.push(((performance.now() - t0) * 1000) / n);
+  }
+  return median(runs);
+}
+
 async function run({ quick }: BenchContext): Promise<void> {
   const rows = quick ? 100_000 : 1_000_000;
   printSectionHeader(
     `Retrofit backfill: ${rows.toLocaleString('en-US')} rows × 3 text columns on PostgreSQL (drizzle-orm + postgres.js)`,
     [
-      "runBackfill with its defaults (batches of 1,000 rows, chunks of 20,000), in-place `storage: 'text'` columns, 100 tenants, one worker",
+      "runBackfill with its defaults (batches of 1,000 rows, chunks of 20,000), in-place `storage: 'text'` columns, 100 tenants (data keys created by the run), each worker a process of its own",
       'baselines rewrite the same rows of an identical table, 1,000 rows per statement, in the same run',
       'client round trip: keyset SELECT then UPDATE ... FROM (VALUES ...) with the same values; server side: UPDATE ... SET c = c by id range',
+      'CPU columns: the client process and its PostgreSQL server processes (from /proc), per row',
     ],
   );
   const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
   const sql = postgres(url, { max: 4, onnotice: () => {} });
   const db = drizzle(sql);
-  const prefix = `bench-${process.pid}-${Date.now()}`;
-  const keyring = createKeyring({ db, platformKek: localKek({ key: randomBytes(32) }) });
+  const runId = `bench-${process.pid}-${Date.now()}`;
+  const platformKey = randomBytes(32).toString('base64');
+  const keyring = createKeyring({ db, platformKek: localKek({ key: platformKey }) });
   try {
     await keyring.installKeyStore();
     await sql.unsafe(`create schema if not exists ${SCHEMA}`);
-    await sql.unsafe(`delete from byok.retrofit_jobs where table_name = '${SCHEMA}.accounts'`);
+    const clearJobs = () =>
+      sql.unsafe(`delete from byok.retrofit_jobs where table_name = '${SCHEMA}.accounts'`);
+    await clearJobs();
     const s = retrofitSchema(SCHEMA);
-    const target = s.target(s.enc('passthrough'));
+    const target = s.target(s.enc('strict'));
+    const pids = await backendPids(sql, 4);
 
-    await seed(sql, `${SCHEMA}.baseline`, rows, prefix);
+    await seed(sql, `${SCHEMA}.baseline`, rows, `${runId}-c`);
+    const db0 = await processCpuSeconds(pids);
+    const cpu0 = process.cpuUsage();
     const client = await timed(() => clientUpdate(sql, `${SCHEMA}.baseline`));
-    await seed(sql, `${SCHEMA}.baseline`, rows, prefix);
+    const clientCpu = process.cpuUsage(cpu0);
+    const clientDb = (await processCpuSeconds(pids)) - db0;
+    await seed(sql, `${SCHEMA}.baseline`, rows, `${runId}-s`);
     const server = await timed(() => serverUpdate(sql, `${SCHEMA}.baseline`, rows));
     await sql.unsafe(`drop table ${SCHEMA}.baseline`);
 
-    await seed(sql, `${SCHEMA}.accounts`, rows, prefix);
-    const backfill = await timed(() => runBackfill(db, keyring, target));
-    const r = backfill.value;
-    if (r.written !== rows * 3 || r.rowsSeen !== rows)
-      throw new Error(`backfill wrote ${r.written} values of ${rows * 3}`);
-    const verify = await verifyBackfill(db, keyring, target, { deep: false, batchSize: 10_000 });
-    if (!verify.ok || verify.plaintext !== 0) throw new Error('plaintext left after the backfill');
+    const backfill = async (workers: number) => {
+      await seed(sql, `${SCHEMA}.accounts`, rows, `${runId}-w${workers}`);
+      await clearJobs();
+      const reports = await backfillProcesses(workers, url, platformKey);
+      const ms = Math.max(...reports.map((r) => r.endedAt)) - Math.min(...reports.map((r) => r.startedAt));
+      const seen = reports.reduce((n, r) => n + r.rowsSeen, 0);
+      const written = reports.reduce((n, r) => n + r.written, 0);
+      if (written !== rows * 3 || seen !== rows || !reports.some((r) => r.jobDone))
+        throw new Error(`backfill with ${workers} worker(s) wrote ${written} values of ${rows * 3}`);
+      const verify = await verifyBackfill(db, keyring, target, { deep: false, batchSize: 10_000 });
+      if (!verify.ok || verify.plaintext !== 0) throw new Error('plaintext left after the backfill');
+      return {
+        ms,
+        reports,
+        cpu: reports.reduce((n, r) => n + r.cpuSeconds, 0),
+        dbCpu: reports.reduce((n, r) => n + r.dbCpuSeconds, 0),
+        chunks: reports.reduce((n, r) => n + r.chunks, 0),
+        busy: reports.reduce((n, r) => n + r.busyRetries, 0),
+        split: reports.map((r) => r.rowsSeen),
+      };
+    };
+    const one = await backfill(1);
+    const two = await backfill(2);
+    await sql.unsafe(`drop table ${SCHEMA}.accounts`);
+    await clearJobs();
+    const sealUs = sealMicros();
 
     const perSec = (ms: number) => `${Math.round((rows * 1000) / ms).toLocaleString('en-US')}`;
     const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+    const usRow = (seconds: number) =>
+      Number.isFinite(seconds) ? `${((seconds * 1e6) / rows).toFixed(1)} µs` : 'n/a';
     console.log(
       markdownTable(
-        ['rewrite of every row', 'time', 'rows/s', 'values/s', 'backfill / this'],
+        [
+          'rewrite of every row',
+          'time',
+          'rows/s',
+          'client CPU/row',
+          'db CPU/row',
+          'rate / backfill (1 worker)',
+        ],
         [
           [
-            'runBackfill (encrypt 3 columns)',
-            secs(backfill.ms),
-            perSec(backfill.ms),
-            perSec(backfill.ms / 3),
+            'runBackfill, 1 worker (encrypt 3 columns)',
+            secs(one.ms),
+            perSec(one.ms),
+            usRow(one.cpu),
+            usRow(one.dbCpu),
             '1.00×',
+          ],
+          [
+            `runBackfill, 2 workers (rows ${two.split.map((n) => n.toLocaleString('en-US')).join(' + ')})`,
+            secs(two.ms),
+            perSec(two.ms),
+            usRow(two.cpu),
+            usRow(two.dbCpu),
+            fmtRatio(one.ms / two.ms),
           ],
           [
             'plain batched UPDATE, client round trip',
             secs(client.ms),
             perSec(client.ms),
-            perSec(client.ms / 3),
-            fmtRatio(backfill.ms / client.ms),
+            usRow((clientCpu.user + clientCpu.system) / 1e6),
+            usRow(clientDb),
+            fmtRatio(one.ms / client.ms),
           ],
           [
             'plain batched UPDATE, server side',
             secs(server.ms),
             perSec(server.ms),
-            perSec(server.ms / 3),
-            fmtRatio(backfill.ms / server.ms),
+            '–',
+            '–',
+            fmtRatio(one.ms / server.ms),
           ],
         ],
       ),
     );
     console.log(
-      `\n_backfill: ${r.chunks} chunks, ${r.busyRetries} busy retries; verified: ${verify.rows.toLocaleString('en-US')} rows, 0 plaintext_`,
+      `\n_backfill: ${one.chunks} chunks, ${one.busy} busy retries (1 worker); ${two.chunks} chunks, ${two.busy} busy retries (2 workers); verified after each: ${rows.toLocaleString('en-US')} rows, 0 plaintext. ` +
+        `AES-256-GCM seal of one value: ${sealUs.toFixed(2)} µs, so ${(sealUs * 3).toFixed(1)} µs of each row's client CPU is encryption; the machine has ${cpus().length} cores shared by the client and PostgreSQL._\n`,
     );
-    await sql.unsafe(`drop table ${SCHEMA}.accounts`);
-    await sql.unsafe(`delete from byok.retrofit_jobs where table_name = '${SCHEMA}.accounts'`);
+    checkTarget(
+      'retrofit',
+      'backfill rows/s / plain client-side UPDATE rows/s (1 worker)',
+      client.ms / one.ms,
+      '>=',
+      0.6,
+      fmtPct,
+    );
+    checkTarget('retrofit', 'backfill with 2 workers / 1 worker (rows/s)', one.ms / two.ms, '>=', 1.6);
   } finally {
     await keyring.close();
     await sql.end();
   }
 }
+
+const fmtPct = (r: number) => (Number.isFinite(r) ? `${Math.round(r * 100)}%` : 'n/a');
 
 export const retrofitBench: Section = {
   name: 'retrofit',

@@ -14,7 +14,7 @@
 import { blindIndexBench } from './blind-index.ts';
 import { cryptoBench } from './crypto.ts';
 import { guardBench } from './guard.ts';
-import type { Section } from './lib.ts';
+import { envLine, markdownTable, recordedTargets, type Section } from './lib.ts';
 import { retrofitBench } from './retrofit.ts';
 import { selectBench } from './select.ts';
 
@@ -48,6 +48,18 @@ async function main(): Promise<number> {
     const t0 = performance.now();
     await s.run({ quick });
     console.log(`_section ${s.name}: ${((performance.now() - t0) / 1000).toFixed(1)} s_`);
+  }
+  const targets = recordedTargets();
+  if (targets.length > 0) {
+    console.log(`\n## Targets\n\n${envLine()}\n`);
+    console.log(
+      markdownTable(
+        ['figure', 'section', 'measured', 'target', 'result'],
+        targets.map((t) => [t.label, t.section, t.value, t.goal, t.met ? 'met' : 'not met']),
+      ),
+    );
+    const missed = targets.filter((t) => !t.met).length;
+    console.log(`\n_${targets.length - missed} of ${targets.length} targets met in this run._`);
   }
   console.log(`\n_total ${((performance.now() - started) / 1000).toFixed(1)} s_`);
   return 0;

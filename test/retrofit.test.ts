@@ -251,6 +251,53 @@ describe('retrofit: in-place text columns', () => {
     expect((await verifyBackfill(tdb.db, keyring, target)).ok).toBe(true);
   });
 
+  it('batches read ahead are re-planned when the app changes them: a batch whose every row changed writes none, then all', async () => {
+    // While batch k is written, batch k+1 is already read and encrypted. The app then rewrites every
+    // row of batch k+1 (and deletes one): none of the values prepared from the old rows may land.
+    const n = 60;
+    await freshTable(n);
+    const pass = s.enc('passthrough');
+    const target = s.target(pass);
+    const expected = new Map<number, { name: string; email: string | null; note: string }>();
+    for (let i = 1; i <= n; i++) expected.set(i, plainValues(i));
+    let batches = 0;
+    const r = await runBackfill(tdb.db, keyring, target, {
+      batchSize: 10,
+      chunkSize: 30,
+      hooks: {
+        beforeLock: async (keys) => {
+          batches++;
+          if (keys.length === 0) return;
+          const first = Number(keys[0]);
+          if (first % 20 !== 1) return;
+          // The next batch (first + 10 .. first + 19): a legacy writer changes every row, one is deleted.
+          for (let id = first + 10; id < first + 20 && id <= n; id++) {
+            if (id === first + 15) {
+              await tdb.raw(`delete from "${s.name}".accounts where id = ${id}`);
+              expected.delete(id);
+              continue;
+            }
+            const v = { ...expected.get(id)!, name: `legacy ${id}`, email: null };
+            await tdb.raw(`update "${s.name}".accounts set name = $1, email = null where id = ${id}`, [
+              v.name,
+            ]);
+            expected.set(id, v);
+          }
+        },
+      },
+    });
+    expect(batches).toBeGreaterThanOrEqual(6);
+    expect(r.jobDone).toBe(true);
+    expect(r.rowsSeen).toBeGreaterThanOrEqual(n - 3);
+    const rows = await keyring.withAnyTenant(() =>
+      tdb.db.select().from(s.enc('strict')).orderBy(asc(pass.id)),
+    );
+    expect(new Map(rows.map((x) => [x.id, { name: x.name, email: x.email, note: x.note }]))).toEqual(
+      expected,
+    );
+    expect(await verifyBackfill(tdb.db, keyring, target)).toMatchObject({ ok: true, plaintext: 0 });
+  });
+
   it('after rotateDek, run re-encrypts only the values under the old version', async () => {
     await freshTable(700);
     const target = s.target(s.enc('passthrough'));

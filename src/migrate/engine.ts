@@ -252,7 +252,10 @@ function emptyCounts(): ValueCounts {
 }
 
 /** A row as read: key and tenant as text, raw target values `v<i>`, source text `s<i>`, blind index values `i<j>`. */
-type Row = Record<string, unknown> & { k: string; t: string | null; x: string };
+type Row = Record<string, unknown> & { k: string; t: string | null; x: string; [STORED]?: Stored[] };
+
+/** Per row, the classification of each target value (computed once, used by every step). */
+const STORED: unique symbol = Symbol('stored');
 
 interface Chunk {
   readonly seq: number;
@@ -316,6 +319,18 @@ interface ColumnWrite {
   readonly source?: string;
 }
 
+/** A batch read, its keys loaded and its new values computed, not yet written. */
+interface Prepared {
+  readonly rows: Row[];
+  readonly keys: BatchKeys;
+  /** Rows to rewrite, by key. */
+  readonly writes: Map<string, PlannedWrite>;
+  /** Rows whose keys must be reloaded before they can be planned. */
+  readonly needKey: Row[];
+  /** Actions of rows that need no write, counted when the batch is written. */
+  readonly settled: Action[][];
+}
+
 class LeaseLost extends Error {}
 
 class Backfill {
@@ -343,6 +358,8 @@ class Backfill {
   #globalLocalAt = 0;
   #rateWindow: { at: number; rows: number }[] = [];
   #lastEmitted = -1;
+  /** Rows read by this worker (the rate limit counts reads, including the batch read ahead). */
+  #rowsRead = 0;
 
   constructor(
     db: AnyPgDatabase,
@@ -722,80 +739,129 @@ class Backfill {
     );
   }
 
-  /** Processes a chunk from its checkpoint to its end. Returns true when the chunk is done. */
+  /**
+   * Processes a chunk from its checkpoint to its end. Returns true when the chunk is done.
+   *
+   * Batches are pipelined one deep: while batch N's statement runs on the database, batch N+1 is
+   * read (on another connection) and its values are encrypted here, so the database and this
+   * process work at the same time. Statements still commit in key order, one at a time: batch N+1 is
+   * written only once batch N and its checkpoint are committed (or its busy rows retried), so a
+   * checkpoint never passes a row that was not handled.
+   */
   async #processChunk(chunk: Chunk): Promise<boolean> {
     const signal = this.opts.signal;
     let next: Promise<Row[]> | undefined;
-    for (;;) {
-      if (signal?.aborted) {
-        await this.#release(chunk);
-        return false;
+    let inflight: Promise<void> | undefined;
+    let from = chunk.lastKey ?? chunk.lo;
+    try {
+      for (;;) {
+        if (signal?.aborted) break;
+        await this.#rateLimit();
+        const rows = await (next ?? this.#readBatch(from, chunk.hi, this.batchSize));
+        next = undefined;
+        this.#rowsRead += rows.length;
+        const end = rows.length < this.batchSize;
+        const last = rows.length > 0 ? rows[rows.length - 1]!.k : from;
+        if (!end) {
+          // Read the next batch (without locks) while this one is prepared and written.
+          next = this.#readBatch(last, chunk.hi, this.batchSize);
+          next.catch(() => undefined);
+        }
+        const prepared = await this.#prepare(rows);
+        if (inflight !== undefined) {
+          const done = inflight;
+          inflight = undefined;
+          await done;
+        }
+        if (signal?.aborted) break;
+        inflight = this.#commitBatch(chunk, prepared, last, end);
+        inflight.catch(() => undefined);
+        from = last;
+        if (end) {
+          const done = inflight;
+          inflight = undefined;
+          await done;
+          return true;
+        }
+        // Let other work of this process run between batches (with an in-process database such as
+        // PGlite every await resolves without ever reaching the event loop).
+        await new Promise((r) => setImmediate(r));
       }
-      const from = chunk.lastKey ?? chunk.lo;
-      const rows = await (next ?? this.#readBatch(from, chunk.hi, this.batchSize));
-      next = undefined;
-      const end = rows.length < this.batchSize;
-      const last = rows.length > 0 ? rows[rows.length - 1]!.k : from;
-      if (!end) {
-        // Read the next batch (without locks) while this one is rewritten, on another connection.
-        next = this.#readBatch(last, chunk.hi, this.batchSize);
-        next.catch(() => undefined);
-      }
-      await this.#processBatch(chunk, rows, last, end);
-      chunk.lastKey = last;
-      this.result.rowsSeen += rows.length;
-      this.#rateWindow.push({ at: performance.now(), rows: this.result.rowsSeen });
-      await this.#emitThrottled();
-      if (end) return true;
-      await this.#rateLimit();
-      // Let other work of this process run between batches (with an in-process database such as
-      // PGlite every await resolves without ever reaching the event loop).
-      await new Promise((r) => setImmediate(r));
+    } catch (e) {
+      if (inflight !== undefined) await inflight.catch(() => undefined);
+      throw e;
     }
+    if (inflight !== undefined) await inflight;
+    await this.#release(chunk);
+    return false;
+  }
+
+  /** Writes a prepared batch (retrying its busy rows), then records it as seen. */
+  async #commitBatch(chunk: Chunk, prepared: Prepared, last: string | null, end: boolean): Promise<void> {
+    await this.#processBatch(chunk, prepared, last, end);
+    chunk.lastKey = last;
+    this.result.rowsSeen += prepared.rows.length;
+    this.#rateWindow.push({ at: performance.now(), rows: this.result.rowsSeen });
+    await this.#emitThrottled();
   }
 
   async #rateLimit(): Promise<void> {
     if (this.rate === undefined) return;
-    const due = (this.result.rowsSeen / this.rate) * 1000;
+    const due = (this.#rowsRead / this.rate) * 1000;
     const elapsed = performance.now() - this.started;
     if (due > elapsed) await sleep(due - elapsed, this.opts.signal);
   }
 
+  /** Loads the keys a batch needs and computes its new values (no lock, no write). */
+  async #prepare(rows: Row[]): Promise<Prepared> {
+    const keys = await this.#loadKeys(rows);
+    return { rows, keys, ...this.#planRows(rows, keys) };
+  }
+
+  /** Classifies rows and computes their new values with the loaded keys. */
+  #planRows(todo: readonly Row[], keys: BatchKeys): Omit<Prepared, 'rows' | 'keys'> {
+    const writes = new Map<string, PlannedWrite>();
+    const needKey: Row[] = [];
+    const settled: Action[][] = [];
+    for (const row of todo) {
+      const actions = this.#plan(row, keys);
+      if (actions.some((a) => a.kind === 'need-key')) {
+        needKey.push(row);
+        continue;
+      }
+      const w =
+        actions.some((a) => a.kind === 'work') || (this.op === 'encrypt' && this.#missingIndex(row))
+          ? this.#rewrite(row, actions, keys)
+          : undefined;
+      if (w === undefined || (w.cols.size === 0 && w.index.size === 0)) settled.push(actions);
+      else writes.set(row.k, { row, writes: w.cols, index: w.index, actions });
+    }
+    return { writes, needKey, settled };
+  }
+
   /**
-   * One batch: classify the rows read, load the keys they need (batched), compute their new values,
-   * then write them in one statement that locks (`FOR UPDATE SKIP LOCKED`) and rewrites only the rows
-   * whose version (`xmin`) is still the one that was read, and moves the checkpoint. A row the app
-   * changed or holds meanwhile is not written: it is read again and retried (until `busyTimeoutMs`),
-   * so a value is only ever replaced by the encryption of that very value. The checkpoint passes the
-   * batch only once every row is handled.
+   * One batch: the rows read were classified and their new values computed (`#prepare`); write them
+   * in one statement that locks (`FOR UPDATE SKIP LOCKED`) and rewrites only the rows whose version
+   * (`xmin`) is still the one that was read, and moves the checkpoint. A row the app changed or holds
+   * meanwhile is not written: it is read again and retried (until `busyTimeoutMs`), so a value is only
+   * ever replaced by the encryption of that very value. The checkpoint passes the batch only once
+   * every row is handled.
    */
-  async #processBatch(chunk: Chunk, rows: Row[], last: string | null, end: boolean): Promise<void> {
-    let keys = await this.#loadKeys(rows);
-    let todo = rows;
+  async #processBatch(chunk: Chunk, prepared: Prepared, last: string | null, end: boolean): Promise<void> {
+    let { keys, writes, needKey, settled } = prepared;
+    let todo: readonly Row[] = prepared.rows;
     let first = true;
     let attempt = 0;
     const deadline = performance.now() + (this.opts.busyTimeoutMs ?? DEFAULTS.busyTimeoutMs);
-    const advance = { last, rows: rows.length, end };
+    const advance = { last, rows: prepared.rows.length, end };
     for (;;) {
-      const writes = new Map<string, PlannedWrite>();
-      const needKey: Row[] = [];
-      for (const row of todo) {
-        const actions = this.#plan(row, keys);
-        if (actions.some((a) => a.kind === 'need-key')) {
-          needKey.push(row);
-          continue;
-        }
-        const w =
-          actions.some((a) => a.kind === 'work') || (this.op === 'encrypt' && this.#missingIndex(row))
-            ? this.#rewrite(row, actions, keys)
-            : undefined;
-        if (w === undefined || (w.cols.size === 0 && w.index.size === 0)) this.#count(actions);
-        else writes.set(row.k, { row, writes: w.cols, index: w.index, actions });
-      }
       if (first) {
         first = false;
         await this.opts.hooks?.beforeLock?.([...writes.keys()]);
+      } else {
+        ({ writes, needKey, settled } = this.#planRows(todo, keys));
       }
+      for (const actions of settled) this.#count(actions);
       const out = await this.#write(chunk, writes, needKey.length === 0 ? advance : undefined);
       if (!out.owned) throw new LeaseLost();
       for (const k of out.updated) {
@@ -860,7 +926,7 @@ class Backfill {
     for (const row of rows) {
       if (row.t === null) continue;
       this.t.columns.forEach((c, i) => {
-        const s = classify(c.state, row[`v${i}`]);
+        const s = this.#stored(row, i);
         if (s.kind === 'envelope')
           envelopes.push({ tenant: row.t!, dekId: s.dekId, needIndex: this.#missingIndex(row, i) });
         if (
@@ -935,6 +1001,21 @@ class Backfill {
     });
   }
 
+  /** The classification of `row`'s value of column `i`, memoized on the row. */
+  #stored(row: Row, i: number): Stored {
+    let all = row[STORED];
+    if (all === undefined) {
+      all = new Array<Stored>(this.t.columns.length);
+      row[STORED] = all;
+    }
+    let s = all[i];
+    if (s === undefined) {
+      s = classify(this.t.columns[i]!.state, row[`v${i}`]);
+      all[i] = s;
+    }
+    return s;
+  }
+
   /** Whether a blind index of column `col` (of any column when omitted) has no value in `row`. */
   #missingIndex(row: Row, col?: number): boolean {
     return this.indexes.some((ix, j) => (col === undefined || ix.col === col) && row[`i${j}`] == null);
@@ -959,7 +1040,7 @@ class Backfill {
   /** What to do with each column of a row, given the loaded keys. */
   #plan(row: Row, keys: BatchKeys): Action[] {
     return this.t.columns.map((c, i) => {
-      const stored = classify(c.state, row[`v${i}`]);
+      const stored = this.#stored(row, i);
       const source = c.source === undefined ? undefined : (row[`s${i}`] as string | null);
       return this.op === 'encrypt'
         ? this.#planEncrypt(c, stored, source, row.t, keys)
@@ -1035,7 +1116,7 @@ class Backfill {
     };
     actions.forEach((a, i) => {
       const c = this.t.columns[i]!;
-      const stored = classify(c.state, row[`v${i}`]);
+      const stored = this.#stored(row, i);
       const kr = this.keyring;
       if (a.kind === 'count' && this.op === 'encrypt') {
         // A ciphertext left as it is: its missing index values, from the decrypted value.
@@ -1141,24 +1222,39 @@ class Backfill {
     const idxUsed = new Set<number>();
     for (const w of writes.values()) for (const j of w.index.keys()) idxUsed.add(j);
     const idxCols = [...idxUsed].sort((a, b) => a - b);
-    // The new values travel as one JSON text parameter (bytea as base64): ciphertext and blind index
-    // values only when encrypting.
-    const records = [...writes.values()].map(({ row, writes: w, index }) => {
-      const r: Record<string, string | number | null> = { k: row.k, x: row.x, n: w.size };
-      for (const i of cols) {
-        const cw = w.get(i);
+    // The new values travel column-wise, one JSON array of strings per column (bytea as base64),
+    // zipped back into rows by ROWS FROM: a handful of text parameters whatever the batch size, no
+    // per-row object or key names to build and parse.
+    const list = [...writes.values()];
+    const n = list.length;
+    const keys = new Array<string>(n);
+    const xmins = new Array<string>(n);
+    const counts = new Array<number>(n);
+    const colValues = cols.map(() => new Array<string | null>(n));
+    const idxValues = idxCols.map(() => new Array<string | null>(n));
+    for (let r = 0; r < n; r++) {
+      const { row, writes: w, index } = list[r]!;
+      keys[r] = row.k;
+      xmins[r] = row.x;
+      counts[r] = w.size;
+      for (let c = 0; c < cols.length; c++) {
+        const cw = w.get(cols[c]!);
         const v = cw === undefined ? undefined : (cw.source ?? cw.target);
-        r[`c${i}`] = v === undefined ? null : typeof v === 'string' ? v : v.toString('base64');
+        colValues[c]![r] = v === undefined ? null : typeof v === 'string' ? v : v.toString('base64');
       }
-      for (const j of idxCols) r[`i${j}`] = index.get(j)?.toString('base64') ?? null;
-      return r;
-    });
-    const defs = [
-      sql`k text`,
-      sql`x text`,
-      sql`n int`,
-      ...cols.map((i) => sql`${sql.identifier(`c${i}`)} text`),
-      ...idxCols.map((j) => sql`${sql.identifier(`i${j}`)} text`),
+      for (let c = 0; c < idxCols.length; c++) {
+        idxValues[c]![r] = index.get(idxCols[c]!)?.toString('base64') ?? null;
+      }
+    }
+    const arrays = [keys, xmins, counts, ...colValues, ...idxValues].map(
+      (a) => sql`json_array_elements_text(${JSON.stringify(a)}::text::json)`,
+    );
+    const names = [
+      sql`k`,
+      sql`x`,
+      sql`n`,
+      ...cols.map((i) => sql.identifier(`c${i}`)),
+      ...idxCols.map((j) => sql.identifier(`i${j}`)),
     ];
     const sets: SQL[] = [];
     for (const i of cols) {
@@ -1191,7 +1287,7 @@ class Backfill {
     const [r] = await query<{ updated: string | null; owned: number; advanced: boolean }>(
       this.db,
       sql`WITH v AS (
-            SELECT * FROM json_to_recordset(${JSON.stringify(records)}::text::json) AS v(${sql.join(defs, sql`, `)})
+            SELECT * FROM ROWS FROM (${sql.join(arrays, sql`, `)}) AS v(${sql.join(names, sql`, `)})
           ), own AS (
             SELECT 1 FROM byok.retrofit_chunks
              WHERE job_id = ${this.jobId} AND seq = ${chunk.seq} AND worker = ${this.worker} AND state = 'running'
@@ -1204,13 +1300,15 @@ class Backfill {
             UPDATE ${tableSql(this.t)} AS t SET ${sql.join(sets, sql`, `)}
               FROM v JOIN l ON l.k = v.k::${keyType}
              WHERE t.${key} = l.k
-            RETURNING v.k AS k, v.n AS n
+            RETURNING v.k AS k, v.n::int AS n
           ), c AS (${this.#checkpointSql(chunk, sql`(SELECT coalesce(sum(n), 0) FROM u)::int`, advance, all)})
-          SELECT (SELECT json_agg(k) FROM u)::text AS updated, (SELECT count(*) FROM c)::int AS owned,
+          SELECT CASE WHEN ${all} THEN NULL ELSE (SELECT coalesce(json_agg(k), '[]'::json) FROM u)::text END AS updated,
+                 (SELECT count(*) FROM c)::int AS owned,
                  ${advance === undefined ? sql`false` : all} AS advanced`,
     );
-    const updated = r?.updated ? (JSON.parse(r.updated) as string[]) : [];
     const owned = (r?.owned ?? 0) > 0;
+    // Every planned row written: the statement leaves the list out (the keys are the planned ones).
+    const updated = r?.updated == null ? (owned ? keys : []) : (JSON.parse(r.updated) as string[]);
     return { owned, updated, advanced: owned && r?.advanced === true };
   }
 
