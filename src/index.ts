@@ -39,6 +39,7 @@ export {
   Keyring,
   type KeyringOptions,
   type KeyringStats,
+  type PrefetchResult,
 } from './keys/keyring.ts';
 export {
   type LifecycleOptions,

@@ -8,7 +8,7 @@ import {
 } from 'node:crypto';
 import { inspect } from 'node:util';
 import DataLoader from 'dataloader';
-import { and, eq, inArray, sql } from 'drizzle-orm';
+import { and, eq, inArray, ne, sql } from 'drizzle-orm';
 import type { PgDatabase } from 'drizzle-orm/pg-core';
 import { contextBytes, deriveFieldKey, deriveSubkey, type FieldKey } from '../crypto/aead.ts';
 import { uuidToBytes } from '../crypto/envelope.ts';
@@ -111,6 +111,23 @@ export interface KekRow {
   readonly secretKey: Buffer | null;
   readonly secretKeyRef: string | null;
   readonly secretKeyBy?: string | null;
+}
+
+/** What `keyring.prefetch` did. */
+export interface PrefetchResult {
+  /** Distinct tenants asked for. */
+  readonly tenants: number;
+  /** Data keys unwrapped (or joined in flight) and now cached. */
+  loaded: number;
+  /** Data keys that were already cached. */
+  cached: number;
+  /** Tenants without a data key (never wrote encrypted data, or shredded): nothing to load. */
+  readonly noKey: string[];
+  /** Tenants whose keys were not loaded because the cache is full (`cache.maxEntries`). */
+  readonly skipped: string[];
+  /** Keys that could not be loaded: the tenant, the error's stable code and its message. */
+  readonly failed: { tenantId: string; code: string; message: string }[];
+  elapsedMs: number;
 }
 
 export interface KeyringStats {
@@ -408,6 +425,96 @@ export class Keyring {
   /** Drops every cached data key on this instance (their bytes are zeroed). */
   clearCache(): void {
     this.#cache.clear();
+  }
+
+  /**
+   * Loads tenants' data keys into the cache ahead of use (at instance start, before a batch job), so
+   * the first queries of those tenants do not wait on their KMS. One store query per 1,000 tenants,
+   * then the unwraps, batched and deduplicated with concurrent queries' loads (`maxBatchSize` keys
+   * per batch, `unwrapConcurrency` KMS calls in flight per batch): about
+   * `ceil(keys / unwrapConcurrency)` KMS round trips at most. Creates no data key.
+   *
+   * `versions: 'active'` (default) loads each tenant's active data key (every write, and reads of
+   * rows written since the last `rotateDek`); `'all'` also loads retired versions still readable.
+   * At most `cache.maxEntries` keys are loaded (more would evict the first ones): the rest is
+   * reported in `skipped`, in the order `tenantIds` gave them.
+   *
+   * A tenant whose key cannot be loaded (revoked, KMS down) does not fail the call: it is reported in
+   * `failed` with the error's code, and its queries load (or fail) as without a prefetch.
+   */
+  async prefetch(
+    tenantIds: readonly string[],
+    options: { versions?: 'active' | 'all' } = {},
+  ): Promise<PrefetchResult> {
+    if (!Array.isArray(tenantIds) || tenantIds.some((t) => typeof t !== 'string' || t.length === 0)) {
+      throw new ByokConfigError('prefetch(tenantIds): tenantIds must be an array of non-empty tenant ids');
+    }
+    const versions = options?.versions ?? 'active';
+    if (versions !== 'active' && versions !== 'all') {
+      throw new ByokConfigError(`prefetch: versions must be 'active' or 'all', got '${String(versions)}'`);
+    }
+    const started = performance.now();
+    const unique = [...new Set(tenantIds)];
+    const rows: { id: string; tenantId: string; version: number }[] = [];
+    for (let i = 0; i < unique.length; i += 1000) {
+      const part = unique.slice(i, i + 1000);
+      rows.push(
+        ...(await this.#store(() =>
+          this.db
+            .select({ id: byokDeks.id, tenantId: byokDeks.tenantId, version: byokDeks.version })
+            .from(byokDeks)
+            .where(
+              and(
+                inArray(byokDeks.tenantId, part),
+                versions === 'active' ? eq(byokDeks.state, 'active') : ne(byokDeks.state, 'destroyed'),
+              ),
+            ),
+        )),
+      );
+    }
+    // Tenants in the caller's order, newest version first within a tenant.
+    const order = new Map(unique.map((t, i) => [t, i]));
+    rows.sort((a, b) => order.get(a.tenantId)! - order.get(b.tenantId)! || b.version - a.version);
+    const withKeys = new Set(rows.map((r) => r.tenantId));
+    const result: PrefetchResult = {
+      tenants: unique.length,
+      loaded: 0,
+      cached: 0,
+      noKey: unique.filter((t) => !withKeys.has(t)),
+      skipped: [],
+      failed: [],
+      elapsedMs: 0,
+    };
+    const wanted: { id: string; tenantId: string }[] = [];
+    const skipped = new Set<string>();
+    for (const r of rows) {
+      if (this.#cache.get(r.id) !== undefined) {
+        result.cached++;
+        continue;
+      }
+      if (wanted.length + result.cached >= this.#cache.maxEntries) {
+        skipped.add(r.tenantId);
+        continue;
+      }
+      wanted.push(r);
+    }
+    result.skipped.push(...skipped);
+    const loaded = await Promise.allSettled(wanted.map((r) => this.#getDek(r.id)));
+    loaded.forEach((r, i) => {
+      if (r.status === 'fulfilled') {
+        result.loaded++;
+        return;
+      }
+      const e = asError(r.reason);
+      result.failed.push({
+        tenantId: wanted[i]!.tenantId,
+        code: isByokError(e) ? e.code : ByokError.code,
+        // Only the library's own messages: they never carry key material or query parameters.
+        message: isByokError(e) ? e.message : 'unexpected failure loading the data key',
+      });
+    });
+    result.elapsedMs = performance.now() - started;
+    return result;
   }
 
   /** Drops a tenant's cached keys on this instance. */
