@@ -12,6 +12,7 @@
  * `sections` below.
  */
 import { blindIndexBench } from './blind-index.ts';
+import { coldStartBench } from './cold-start.ts';
 import { cryptoBench } from './crypto.ts';
 import { guardBench } from './guard.ts';
 import { envLine, markdownTable, recordedTargets, type Section } from './lib.ts';
@@ -24,6 +25,7 @@ export const sections: readonly Section[] = [
   guardBench,
   retrofitBench,
   blindIndexBench,
+  coldStartBench,
 ];
 
 async function main(): Promise<number> {
