@@ -16,6 +16,7 @@ import { coldStartBench } from './cold-start.ts';
 import { cryptoBench } from './crypto.ts';
 import { guardBench } from './guard.ts';
 import { envLine, markdownTable, recordedTargets, type Section } from './lib.ts';
+import { memoryBench } from './memory.ts';
 import { retrofitBench } from './retrofit.ts';
 import { selectBench } from './select.ts';
 
@@ -26,6 +27,7 @@ export const sections: readonly Section[] = [
   retrofitBench,
   blindIndexBench,
   coldStartBench,
+  memoryBench,
 ];
 
 async function main(): Promise<number> {
