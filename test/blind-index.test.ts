@@ -357,6 +357,19 @@ describe.each(DRIVERS)('blind indexes on %s', (driver) => {
       .prepare(`blind_lit_${tag}`);
     expect(await withTenant(T2, () => literal.execute())).toEqual([{ seq: 51 }]);
     expect(await withTenant(T, () => literal.execute())).toEqual([{ seq: 50 }]);
+    // inArray with repeated placeholders: each execution computes its own values, per tenant.
+    const prepIn = e.db
+      .select({ seq: u.seq })
+      .from(u)
+      .where(inArray(u.email, [sql.placeholder('a'), sql.placeholder('b'), sql.placeholder('a')]))
+      .prepare(`blind_in_${tag}`);
+    expect(await withTenant(T, () => prepIn.execute({ a: ' PREP@x.io', b: 'prep@x.io' }))).toEqual([
+      { seq: 50 },
+    ]);
+    expect(await withTenant(T2, () => prepIn.execute({ a: 'nobody@x.io', b: 'Prep@X.io' }))).toEqual([
+      { seq: 51 },
+    ]);
+    expect(await withTenant(T, () => prepIn.execute({ a: 'nobody@x.io', b: 'none@x.io' }))).toEqual([]);
   });
 
   it('relational queries, aliases and joins, subqueries, $count, delete, transactions', async () => {

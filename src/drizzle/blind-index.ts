@@ -1,3 +1,4 @@
+import type { KeyObject } from 'node:crypto';
 import { inspect } from 'node:util';
 import {
   Column,
@@ -831,6 +832,7 @@ export async function resolveBlindParams(
     );
   // Every check that can throw runs before any query starts (no promise is left unobserved).
   const tasks: (() => Promise<void>)[] = [];
+  const macs = new Map<string, Buffer>();
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
     if (!(p instanceof PendingBlind)) continue;
@@ -861,6 +863,24 @@ export async function resolveBlindParams(
       filled[i] = tenantId;
       continue;
     }
+    // Hot path, synchronous: the tenant's index state is fresh and its key's data key cached (the
+    // same checks as below, without a promise per value; a value looked up under one version is
+    // computed once, whichever slots ask for it).
+    const hot = reg.fresh(tenantId, p.index.context);
+    if (hot !== undefined) {
+      checkLookup(p, hot);
+      if (value === null || value === undefined) {
+        filled[i] = NO_MATCH;
+        continue;
+      }
+      const v: IndexVersion = hot.live[p.slot] ?? hot.live[0]!;
+      const key = reg.hotKey(hot, v);
+      if (key !== undefined) {
+        keyring.countHotHit();
+        filled[i] = lookupValueOf(macs, tenantId, p.index, key, v, value);
+        continue;
+      }
+    }
     tasks.push(async () => {
       const st = await stateOf(tenantId, p, false);
       if (st === undefined) {
@@ -878,16 +898,36 @@ export async function resolveBlindParams(
         return;
       }
       const v: IndexVersion = st.live[p.slot] ?? st.live[0]!;
-      filled[i] = blindValue(
-        await reg.key(st, v, txDb),
-        v.version,
-        indexInput(p.index, v.params, value),
-        v.params.bytes,
-      );
+      filled[i] = lookupValueOf(macs, tenantId, p.index, await reg.key(st, v, txDb), v, value);
     });
   }
   const results = await Promise.allSettled(tasks.map((t) => t()));
   for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/**
+ * The index value of a looked-up `value` under key version `v`, computed once per (tenant, index,
+ * version, value) within one statement: both slots of a value ask for the same one while a single version is live.
+ */
+function lookupValueOf(
+  macs: Map<string, Buffer>,
+  tenantId: string,
+  index: BlindIndexState,
+  key: KeyObject,
+  v: IndexVersion,
+  value: unknown,
+): Buffer {
+  const memo =
+    typeof value === 'string'
+      ? `${tenantId}\u0000${index.context}\u0000${v.version}\u0000${value}`
+      : undefined;
+  if (memo !== undefined) {
+    const done = macs.get(memo);
+    if (done !== undefined) return done;
+  }
+  const out = blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
+  if (memo !== undefined) macs.set(memo, out);
+  return out;
 }
 
 function lookupTenant(index: BlindIndexState, scoped: string | null | undefined): string {
