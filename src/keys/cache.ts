@@ -128,7 +128,13 @@ export class DekCache {
       this.#evict(e);
       return undefined;
     }
-    e.lastUsed = now;
+    if (e.lastUsed !== now) {
+      // Keep #byId in least-recently-used order: an entry moves to the end when used at a new
+      // time (at most once per clock tick: the hot path of one query uses one clock reading).
+      e.lastUsed = now;
+      this.#byId.delete(e.id);
+      this.#byId.set(e.id, e);
+    }
     return e;
   }
 
@@ -194,9 +200,9 @@ export class DekCache {
     this.#active.clear();
   }
 
+  /** The first entry of #byId is the least recently used one: O(1), whatever the cache size. */
   #evictLeastRecentlyUsed(): void {
-    let oldest: DekEntry | undefined;
-    for (const e of this.#byId.values()) if (oldest === undefined || e.lastUsed < oldest.lastUsed) oldest = e;
+    const oldest = this.#byId.values().next().value;
     if (oldest !== undefined) this.#evict(oldest);
   }
 
