@@ -20,6 +20,7 @@ import postgres from 'postgres';
 import { blindIndex, createKeyring, encrypted, localKek, withEncryption, withTenant } from '../src/index.ts';
 import {
   type BenchContext,
+  checkTarget,
   fmtMs,
   fmtRatio,
   markdownTable,
@@ -253,6 +254,29 @@ async function run(ctx: BenchContext): Promise<void> {
       return [v.label, fmtUs(median(xs)), fmtUs(percentile(xs, 95)), fmtRatio(median(xs) / ref)];
     });
     console.log(markdownTable(['variant', 'median', 'p95', '× plaintext (median)'], rows));
+    console.log('');
+    const ratio = (id: string, ref: number) => median(samples.get(id)!) / ref;
+    checkTarget(
+      'blind-index',
+      '`eq` lookup (select id) / plaintext lookup',
+      ratio('blindId', plainMed),
+      '<=',
+      1.2,
+    );
+    checkTarget(
+      'blind-index',
+      '`eq` lookup + decrypt / plaintext lookup',
+      ratio('blind', plainMed),
+      '<=',
+      1.2,
+    );
+    checkTarget(
+      'blind-index',
+      '`inArray` of 10 + decrypt / plaintext `inArray`',
+      ratio('blindIn', plainInMed),
+      '<=',
+      1.3,
+    );
     console.log('');
   } finally {
     await client.unsafe(`drop table if exists ${TABLE}`).catch(() => undefined);

@@ -245,7 +245,7 @@ function fromDriver(this: PgColumn, value: unknown): unknown {
     if (env === undefined && state.mode !== 'strict') return passthrough(state, value);
     throw new DecryptionFailedError({ column: state.label });
   }
-  const entry = keysOf(q.keyring).cache.lookupEnvelope(env, q.now);
+  const entry = keysOf(q.keyring).cache.lookupEnvelope(env, q.now, state.memo?.entry);
   if (entry === undefined) {
     const p = new PendingRead(env, envelopeDekId(env), state);
     q.pending.push(p);

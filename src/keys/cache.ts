@@ -103,8 +103,14 @@ export class DekCache {
     return this.#byId.size;
   }
 
-  /** Looks up the DEK of an envelope (synchronous hot path). */
-  lookupEnvelope(env: Buffer, now = Date.now()): DekEntry | undefined {
+  /**
+   * Looks up the DEK of an envelope (synchronous hot path). `hint`: the entry the caller used last
+   * (a column's memo), checked first by DEK id, which skips the map lookup when it matches.
+   */
+  lookupEnvelope(env: Buffer, now = Date.now(), hint?: DekEntry): DekEntry | undefined {
+    if (hint !== undefined && !hint.evicted && idEquals(env, DEK_ID_OFFSET, hint.idWords)) {
+      return this.#fresh(hint, now);
+    }
     const e = this.#byPrefix.get(env.readUIntBE(DEK_ID_OFFSET, 6));
     if (e !== undefined && idEquals(env, DEK_ID_OFFSET, e.idWords)) {
       return this.#fresh(e, now);
