@@ -761,6 +761,31 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
     expect(await withTenant(T, () => q)).toEqual([
       { id: real.find((r: { seq: number | null }) => r.seq === -3)!.id },
     ]);
+
+    // inArray: one array parameter, the same index scan
+    const many = ['needle1@x.io', 'needle4@x.io', 'absent@x.io'];
+    const qi = e.db.select({ id: u.id }).from(u).where(inArray(u.email, many));
+    const { sql: textIn, params } = qi.toSQL();
+    expect(textIn).toMatch(
+      / where \(("[^"]+"\.)*"tenant_id" = \$1 and ("[^"]+"\.)*"email_idx" = any\(\$2::text::bytea\[\]\)\)$/,
+    );
+    expect(params).toHaveLength(2);
+    const literal = `{${(await Promise.all(many.map((m) => blindIndexValues(e.keyring, u, T, { email: m }))))
+      .map((x) => `"\\\\x${Buffer.from(x.email_idx as Uint8Array).toString('hex')}"`)
+      .join(',')}}`;
+    const planIn = (await e.tdb.raw<Record<string, string>>(`explain ${textIn}`, [T, literal]))
+      .map((r) => Object.values(r)[0])
+      .join('\n');
+    expect(planIn).toMatch(/Index (Only )?Scan|Bitmap Index Scan/);
+    expect(planIn).toContain('users_tenant_email_uq');
+    expect(planIn).not.toMatch(/Seq Scan/);
+    const found = await withTenant(T, () => qi);
+    expect(found.map((r: { id: string }) => r.id).sort()).toEqual(
+      real
+        .filter((r: { seq: number | null }) => r.seq === -1 || r.seq === -4)
+        .map((r: { id: string }) => r.id)
+        .sort(),
+    );
   });
 
   it('rotation of the index key under concurrent writes loses no lookups, on any of three instances', async () => {

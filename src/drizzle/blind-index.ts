@@ -370,7 +370,7 @@ class BlindWriteSource extends BlindSealed {
   }
 }
 
-type PendingKind = 'write' | 'lookup' | 'tenant';
+type PendingKind = 'write' | 'lookup' | 'lookup-set' | 'tenant';
 
 /** In query params: an index value (or the lookup's tenant) computed by the middleware before execution. */
 export class PendingBlind extends BlindSealed {
@@ -383,6 +383,8 @@ export class PendingBlind extends BlindSealed {
   /** Lookups: which live key version (0: active, 1: retiring or the active again). */
   readonly slot: number;
   readonly allowLossy: boolean;
+  /** `lookup-set`: the values looked up (or their placeholders), matched under every live version. */
+  readonly items: readonly LookupValue[];
   readonly #value: unknown;
 
   constructor(
@@ -395,6 +397,7 @@ export class PendingBlind extends BlindSealed {
       placeholder?: string;
       slot?: number;
       allowLossy?: boolean;
+      items?: readonly LookupValue[];
     },
   ) {
     super();
@@ -405,6 +408,7 @@ export class PendingBlind extends BlindSealed {
     this.placeholder = init.placeholder;
     this.slot = init.slot ?? 0;
     this.allowLossy = init.allowLossy ?? false;
+    this.items = init.items ?? [];
     this.#value = init.value;
   }
 
@@ -661,12 +665,16 @@ function lookupValue(c: unknown): LookupValue | null | undefined {
   return { value: v };
 }
 
-/** SQL chunks `(tenant = $t and index in ($a1, $b1, $a2, $b2, ...))`: two slots per value, one per live key version. */
+/**
+ * SQL chunks of a lookup. `eq`: `(tenant = $t and index in ($a, $b))`, two slots, one per live key
+ * version. `inArray` (`set`): `(tenant = $t and index = any($values::text::bytea[]))`.
+ */
 function lookupChunks(
   target: LookupTarget,
   values: readonly LookupValue[],
   tenantColumn: string | undefined,
   allowLossy: boolean,
+  set: boolean,
 ): unknown[] {
   if (!target.index.exact && !allowLossy) {
     throw new EncryptedComparisonError(
@@ -676,6 +684,31 @@ function lookupChunks(
   }
   if (values.length === 0) return [new StringChunk('false')];
   const base = { tenantColumn, allowLossy };
+  const tenantChunks: unknown[] =
+    target.tenantColumn === undefined
+      ? []
+      : [
+          target.tenantColumn,
+          new StringChunk(' = '),
+          new Param(new PendingBlind('tenant', target.index, base), LOOKUP_ENCODER),
+          new StringChunk(' and '),
+        ];
+  if (set) {
+    // inArray: every value under every live key version in one array parameter (a text literal the
+    // database casts), so the statement has two parameters whatever the number of values.
+    const param = new Param(
+      new PendingBlind('lookup-set', target.index, { ...base, items: values }),
+      LOOKUP_ENCODER,
+    );
+    return [
+      new StringChunk('('),
+      ...tenantChunks,
+      target.indexColumn,
+      new StringChunk(' = any('),
+      param,
+      new StringChunk('::text::bytea[]))'),
+    ];
+  }
   const params = values.flatMap((v) =>
     [0, 1].map(
       (slot) =>
@@ -689,17 +722,14 @@ function lookupChunks(
         ),
     ),
   );
-  const out: unknown[] = [new StringChunk('(')];
-  if (target.tenantColumn !== undefined) {
-    out.push(
-      target.tenantColumn,
-      new StringChunk(' = '),
-      new Param(new PendingBlind('tenant', target.index, base), LOOKUP_ENCODER),
-      new StringChunk(' and '),
-    );
-  }
-  out.push(target.indexColumn, new StringChunk(' in '), params, new StringChunk(')'));
-  return out;
+  return [
+    new StringChunk('('),
+    ...tenantChunks,
+    target.indexColumn,
+    new StringChunk(' in '),
+    params,
+    new StringChunk(')'),
+  ];
 }
 
 function emptyChunk(c: unknown): boolean {
@@ -709,7 +739,7 @@ function emptyChunk(c: unknown): boolean {
 /** The replacement chunks of an `eq`/`inArray` SQL node on an indexed column, or undefined. */
 function rewriteNode(chunks: readonly unknown[], tenantColumn: string | undefined): unknown[] | undefined {
   const shape = lookupShape(chunks, tenantColumn);
-  return shape === undefined ? undefined : lookupChunks(shape.target, shape.values, tenantColumn, false);
+  return shape === undefined ? undefined : lookupChunks(shape.target, shape.values, tenantColumn, false, shape.set);
 }
 
 /**
@@ -723,7 +753,7 @@ export function isBlindLookup(chunks: readonly unknown[]): boolean {
 function lookupShape(
   chunks: readonly unknown[],
   tenantColumn: string | undefined,
-): { target: LookupTarget; values: LookupValue[] } | undefined {
+): { target: LookupTarget; values: LookupValue[]; set: boolean } | undefined {
   if (chunks.length !== 5) return undefined;
   const [a, col, op, rhs, b] = chunks;
   if (!emptyChunk(a) || !emptyChunk(b) || !(op instanceof StringChunk) || !is(col, Column)) return undefined;
@@ -741,7 +771,7 @@ function lookupShape(
   if (text === ' = ' && values.length === 0) return undefined;
   const target = lookupTarget(col as Column, tenantColumn);
   if (target === undefined) return undefined;
-  return { target, values };
+  return { target, values, set: text === ' in ' };
 }
 
 /**
@@ -836,6 +866,40 @@ export async function resolveBlindParams(
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
     if (!(p instanceof PendingBlind)) continue;
+    if (p.kind === 'lookup-set') {
+      const tenantId = lookupTenant(p.index, scoped);
+      const items = p.items.map((item) => {
+        if (!('placeholder' in item)) return item.value;
+        if (!(item.placeholder in values))
+          throw new ByokConfigError(`no value for placeholder "${item.placeholder}"`);
+        return values[item.placeholder];
+      });
+      const fill = (st: IndexKeyState, keyOf: (v: IndexVersion) => KeyObject) => {
+        checkLookup(p, st);
+        filled[i] = setLiteral(macs, tenantId, p.index, st, keyOf, items);
+      };
+      const hot = reg.fresh(tenantId, p.index.context);
+      if (hot !== undefined && hot.live.every((v) => reg.hotKey(hot, v) !== undefined)) {
+        keyring.countHotHit();
+        fill(hot, (v) => reg.hotKey(hot, v)!);
+        continue;
+      }
+      tasks.push(async () => {
+        const st = await stateOf(tenantId, p, false);
+        if (st === undefined) {
+          const unindexed = await once(`u\u0000${tenantId}\u0000${p.index.context}`, () =>
+            p.index.owner(p.tenantColumn).hasUnindexedRows(reg.dbFor(txDb), tenantId),
+          );
+          if (unindexed) throw notBuilt(p.index, tenantId);
+          filled[i] = '{}';
+          return;
+        }
+        const keys = new Map<number, KeyObject>();
+        for (const v of st.live) keys.set(v.version, await reg.key(st, v, txDb));
+        fill(st, (v) => keys.get(v.version)!);
+      });
+      continue;
+    }
     let value: unknown;
     if (p.placeholder !== undefined) {
       if (!(p.placeholder in values))
@@ -928,6 +992,28 @@ function lookupValueOf(
   const out = blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
   if (memo !== undefined) macs.set(memo, out);
   return out;
+}
+
+/**
+ * The array literal (`{"\\x…",…}`, cast to `bytea[]` by the statement) of every value's index value
+ * under every live key version of `st`, each distinct value once; `{}` when every value is null.
+ */
+function setLiteral(
+  macs: Map<string, Buffer>,
+  tenantId: string,
+  index: BlindIndexState,
+  st: IndexKeyState,
+  keyOf: (v: IndexVersion) => KeyObject,
+  items: readonly unknown[],
+): string {
+  const out = new Set<string>();
+  for (const value of items) {
+    if (value === null || value === undefined) continue;
+    for (const v of st.live) {
+      out.add(`"\\\\x${lookupValueOf(macs, tenantId, index, keyOf(v), v, value).toString('hex')}"`);
+    }
+  }
+  return `{${[...out].join(',')}}`;
 }
 
 function lookupTenant(index: BlindIndexState, scoped: string | null | undefined): string {
@@ -1110,6 +1196,7 @@ export async function findByBlindIndex<T extends PgTable>(
         items.map((v) => ({ value: v })),
         tenantColumn,
         true,
+        Array.isArray(value),
       ) as never,
     ),
   );
