@@ -20,6 +20,7 @@ import { drizzle } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
 import { encryptedState, openFor, sealFor } from '../src/drizzle/columns.ts';
 import { createKeyring, encrypted, type Keyring, localKek } from '../src/index.ts';
+import { keysOf } from '../src/keys/keyring.ts';
 import { byokDeks, byokDekWraps, byokTenants } from '../src/keys/schema.ts';
 import {
   type BenchContext,
@@ -110,7 +111,7 @@ async function run({ quick }: BenchContext): Promise<void> {
   const pass = async (from = 0, to = tenantsN) => {
     for (let i = from; i < to; i += WINDOW) {
       const window = tenants.slice(i, i + WINDOW);
-      const entries = await Promise.all(window.map((t) => keyring.getActiveDek(t)));
+      const entries = await Promise.all(window.map((t) => keysOf(keyring).getActiveDek(t)));
       for (const entry of entries) {
         for (const st of states) {
           const env = sealFor(keyring, st, entry, plaintext) as Buffer;
@@ -138,8 +139,8 @@ async function run({ quick }: BenchContext): Promise<void> {
     await pass(half, tenantsN);
     const measuredMs = performance.now() - t1;
     const end = sample(gc);
-    const cached = keyring.cache.size;
-    keyring.cache.clear();
+    const cached = keysOf(keyring).cache.size;
+    keysOf(keyring).cache.clear();
     const empty = sample(gc);
     const perTenant = (end.heap + end.external - (empty.heap + empty.external)) / cached;
 

@@ -7,6 +7,7 @@ import { open } from '../src/crypto/aead.ts';
 import { uuidToBytes } from '../src/crypto/envelope.ts';
 import { type BuildContext, inBuildContext, type QueryContext } from '../src/drizzle/columns.ts';
 import { scopeStorage } from '../src/drizzle/scope.ts';
+import { keysOf } from '../src/keys/keyring.ts';
 import { createKeyring, DecryptionFailedError, encrypted, localKek } from '../src/index.ts';
 
 /**
@@ -31,7 +32,7 @@ describe('column path with cached keys', () => {
   for (const tenant of tenants) {
     const id = randomUUID();
     ids.set(tenant, id);
-    keyring.cache.put(id, uuidToBytes(id), tenant, 1, randomBytes(32), true);
+    keysOf(keyring).cache.put(id, uuidToBytes(id), tenant, 1, randomBytes(32), true);
   }
   const build: BuildContext = { keyring, rowTenants: [], cursor: 0 };
   const write = (tenant: string, value: string) =>
@@ -90,16 +91,16 @@ describe('column path with cached keys', () => {
   it('an evicted key is not served from the column memo: the read waits for a load instead', () => {
     const tenant = 'hooli';
     const id = randomUUID();
-    const entry = keyring.cache.put(id, uuidToBytes(id), tenant, 1, randomBytes(32), true);
+    const entry = keysOf(keyring).cache.put(id, uuidToBytes(id), tenant, 1, randomBytes(32), true);
     const stored = write(tenant, 'memo me');
     expect(read(tenant, stored)).toBe('memo me');
-    keyring.cache.evictTenant(tenant);
+    keysOf(keyring).cache.evictTenant(tenant);
     expect(entry.evicted).toBe(true);
     const q: QueryContext = { keyring, tenantId: tenant, scoped: true, pending: [], now: Date.now() };
     const pending = scopeStorage.run(q, () => t.name.mapFromDriverValue(stored));
     expect(typeof pending).not.toBe('string');
     expect(q.pending).toHaveLength(1);
     // And the evicted entry derives no key any more (its bytes are zeroed).
-    expect(() => open(keyring.fieldKey(entry, 'public.patients.name'), stored)).toThrow();
+    expect(() => open(keysOf(keyring).fieldKey(entry, 'public.patients.name'), stored)).toThrow();
   });
 });

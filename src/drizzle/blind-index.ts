@@ -739,7 +739,9 @@ function emptyChunk(c: unknown): boolean {
 /** The replacement chunks of an `eq`/`inArray` SQL node on an indexed column, or undefined. */
 function rewriteNode(chunks: readonly unknown[], tenantColumn: string | undefined): unknown[] | undefined {
   const shape = lookupShape(chunks, tenantColumn);
-  return shape === undefined ? undefined : lookupChunks(shape.target, shape.values, tenantColumn, false, shape.set);
+  return shape === undefined
+    ? undefined
+    : lookupChunks(shape.target, shape.values, tenantColumn, false, shape.set);
 }
 
 /**
