@@ -13,7 +13,8 @@ export default defineConfig({
   },
   format: ['esm', 'cjs'],
   dts: true,
-  sourcemap: true,
+  // No source maps in the package: they were over half of it, and dist is readable ES2023 already.
+  sourcemap: false,
   clean: true,
   target: 'node22',
   shims: true,
