@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { KEY_STORE_MIGRATION } from '../src/index.ts';
@@ -58,6 +58,61 @@ describe('package', () => {
     const bin = `${root}/${pkg.bin['drizzle-byok']}`;
     expect(readFileSync(bin, 'utf8').startsWith('#!/usr/bin/env node')).toBe(true);
     expect(run([bin, '--help'])).toMatch(/^Usage: drizzle-byok <command>/);
+  });
+
+  it('packs LICENSE, README, dist and migrations, and no source maps, tests or sources', () => {
+    const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+      cwd: root,
+      encoding: 'utf8',
+    });
+    const files: string[] = JSON.parse(out)[0].files.map((f: { path: string }) => f.path);
+    expect(files).toContain('LICENSE');
+    expect(files).toContain('README.md');
+    expect(files).toContain('migrations/0001_key_store.sql');
+    const stray = files.filter(
+      (f) => !/^(dist\/|migrations\/[^/]+\.sql$|LICENSE$|README\.md$|package\.json$)/.test(f),
+    );
+    expect(stray).toEqual([]);
+    expect(files.filter((f) => f.endsWith('.map'))).toEqual([]);
+    expect(readFileSync(`${root}/LICENSE`, 'utf8')).toMatch(/Apache License\s+Version 2\.0, January 2004/);
+  });
+
+  it('names its repository, home page and issue tracker, and README links work from the registry page', () => {
+    const pkg = JSON.parse(readFileSync(`${root}/package.json`, 'utf8'));
+    expect(pkg.license).toBe('Apache-2.0');
+    expect(pkg.repository).toEqual({
+      type: 'git',
+      url: 'git+https://github.com/drizzle-byok/drizzle-byok.git',
+    });
+    expect(pkg.homepage).toBe('https://github.com/drizzle-byok/drizzle-byok#readme');
+    expect(pkg.bugs).toEqual({ url: 'https://github.com/drizzle-byok/drizzle-byok/issues' });
+    // docs/ and examples/ are not in the tarball: README links to them must be absolute.
+    const readme = readFileSync(`${root}/README.md`, 'utf8');
+    const relative = [...readme.matchAll(/\]\((?!https?:\/\/|#|mailto:)([^)]+)\)/g)].map((m) => m[1]);
+    expect(relative).toEqual([]);
+    for (const m of readme.matchAll(
+      /\]\(https:\/\/github\.com\/drizzle-byok\/drizzle-byok\/blob\/main\/([^)#]+)/g,
+    )) {
+      expect(existsSync(`${root}/${m[1]}`), m[1]).toBe(true);
+    }
+  });
+
+  it('types resolve for every subpath under moduleResolution node10 (typesVersions)', () => {
+    const pkg = JSON.parse(readFileSync(`${root}/package.json`, 'utf8'));
+    for (const sub of Object.keys(pkg.exports)) {
+      if (sub === '.' || sub.includes('*') || sub.endsWith('.json')) continue;
+      const target = pkg.typesVersions['*'][sub.slice(2)];
+      expect(target, sub).toEqual([pkg.exports[sub].import.types]);
+    }
+  });
+
+  it('npm run docs builds the TypeDoc API reference', () => {
+    const out = `${root}/.tmp/api-docs-test`;
+    execFileSync('npx', ['typedoc', '--out', out, '--logLevel', 'Error'], { cwd: root, encoding: 'utf8' });
+    const index = readFileSync(`${out}/index.html`, 'utf8');
+    expect(index).toMatch(/drizzle-byok/);
+    expect(readdirSync(out)).toContain('modules');
+    rmSync(out, { recursive: true, force: true });
   });
 
   it('ships the key store migration exactly as the library runs it', () => {
