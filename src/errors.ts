@@ -158,6 +158,24 @@ export class LifecycleBusyError extends ByokError {
   static override code = 'ERR_BYOK_LIFECYCLE_BUSY';
 }
 
+/**
+ * The key store tables (schema `byok`) do not exist in the database the keyring uses. The message
+ * says how to create them; the cause is the database's own error (never the failed query's text or
+ * parameters).
+ */
+export class KeyStoreMissingError extends ByokError {
+  static override code = 'ERR_BYOK_KEY_STORE_MISSING';
+}
+
+/**
+ * The database could not be reached or refused the connection (server down, wrong host or port,
+ * wrong database name, authentication failed). The message names the address and the cause, never
+ * credentials or query parameters.
+ */
+export class DatabaseUnavailableError extends ByokError {
+  static override code = 'ERR_BYOK_DATABASE_UNAVAILABLE';
+}
+
 export type ByokErrorCode =
   | typeof ByokError.code
   | typeof ByokConfigError.code
@@ -180,7 +198,9 @@ export type ByokErrorCode =
   | typeof WriteRefusedError.code
   | typeof UniqueViolationError.code
   | typeof LifecycleBusyError.code
-  | typeof RetrofitBusyError.code;
+  | typeof RetrofitBusyError.code
+  | typeof KeyStoreMissingError.code
+  | typeof DatabaseUnavailableError.code;
 
 /** True for any error thrown by drizzle-byok on purpose (works across duplicate installs). */
 export function isByokError(e: unknown): e is ByokError {

@@ -43,6 +43,7 @@ export {
 } from './keys/keyring.ts';
 export {
   type LifecycleOptions,
+  type ShredOptions,
   type TenantKekStatus,
   type TenantStatus,
   verifyKek,

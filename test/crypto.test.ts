@@ -202,8 +202,9 @@ describe('errors and redaction', () => {
 
   it('localKek validates its key with a clear message and never prints it', async () => {
     expect(() => localKek({ key: '' })).toThrow(/needs 32 random bytes.*got nothing/);
-    expect(() => localKek({ key: 'abc' })).toThrow(/decodes to 2 bytes/);
-    expect(() => localKek({ key: '%%%' })).toThrow(/neither base64 nor hex/);
+    expect(() => localKek({ key: 'abc' })).toThrow(/read as hex: 3 hex digits/);
+    expect(() => localKek({ key: 'abcz' })).toThrow(/read as base64: 4 characters decode to 3 bytes/);
+    expect(() => localKek({ key: '%%%' })).toThrow(/neither hex .* nor base64/);
     expect(() => localKek({ key: Buffer.alloc(16) })).toThrow(/got 16 bytes/);
     expect(() => localKek({ key: Buffer.alloc(32) })).toThrow(/repeated byte/);
     expect(() => localKek({ key: 42 as never })).toThrow(ByokConfigError);

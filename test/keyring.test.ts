@@ -164,7 +164,7 @@ describe('cache expiry and bounds', () => {
     );
     expect(() =>
       createKeyring({ db: e.db, platformKek: e.kek, cache: { maxAgeMs: Number.POSITIVE_INFINITY } }),
-    ).toThrow(TypeError);
+    ).toThrow(ByokConfigError);
     expect(() => createKeyring({ db: e.db, platformKek: e.kek, cache: { maxEntries: -1 } })).toThrow(
       /maxEntries/,
     );

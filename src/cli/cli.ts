@@ -5,6 +5,8 @@ import { type Context, EXIT, type Flags, UsageError } from './context.ts';
 import { keysCommand } from './keys.ts';
 import { migrateCommand } from './migrate.ts';
 import { type Io, toJson } from './output.ts';
+import { cliMessage, packageVersion } from './speak.ts';
+import { translateStoreError } from '../keys/store-errors.ts';
 
 export { EXIT } from './context.ts';
 
@@ -28,6 +30,7 @@ Keys (one tenant's key lifecycle):
   keys disable <tenant>                             back to the platform key
   keys health [--tenant X]...                       check every BYOK tenant's keys (exit 3 if any is not ok)
   keys shred   <tenant> --confirm <tenant>          destroy every data key: the tenant's data is gone
+               [--allow-no-keys]                    also for a tenant that has no data key (blocks the id)
   keys onboard <tenant> --aws|--gcp --region R...   artifacts for the tenant's key admin: key policy,
                [--format text|json|shell|terraform]  role trust with the external id issued (and stored),
                                                     aws/gcloud commands, Terraform
@@ -51,6 +54,7 @@ Options:
   --no-progress        no progress output
   --progress-every S   seconds between progress lines when stderr is not a terminal (default 5)
   -h, --help           this help
+  -v, --version        the drizzle-byok version
 
 Exit codes: 0 ok · 1 failure · 2 usage/config error · 3 problems found (verify, health...) · 130 interrupted
 `;
@@ -59,6 +63,8 @@ const OPTIONS = {
   config: { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
+  'allow-no-keys': { type: 'boolean' },
   table: { type: 'string', multiple: true },
   tenant: { type: 'string', multiple: true },
   'batch-size': { type: 'string' },
@@ -102,7 +108,7 @@ const OPTIONS = {
   'key-id': { type: 'string' },
 } as const;
 
-const COMMON = ['config', 'json', 'help', 'no-progress', 'progress-every'];
+const COMMON = ['config', 'json', 'help', 'version', 'no-progress', 'progress-every'];
 const KEK_FLAGS = [
   'kek',
   'aws-key-arn',
@@ -141,7 +147,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   'keys rotate': [...KEK_FLAGS, 'dry-run'],
   'keys disable': ['dry-run'],
   'keys health': ['tenant'],
-  'keys shred': ['confirm', 'dry-run'],
+  'keys shred': ['confirm', 'dry-run', 'allow-no-keys'],
   'keys onboard': [
     'aws',
     'gcp',
@@ -182,6 +188,12 @@ export async function runCli(argv: readonly string[], io: Io, options: RunOption
     const flags = parsed.values as Flags;
     json = flags.json === true;
     const [group, sub, ...args] = parsed.positionals;
+    if (flags.version && !flags.help) {
+      io.stdout.write(
+        json ? `${toJson({ version: packageVersion() })}\n` : `drizzle-byok ${packageVersion()}\n`,
+      );
+      return EXIT.ok;
+    }
     if (flags.help || group === undefined || group === 'help') {
       io.stdout.write(USAGE);
       return group === undefined && !flags.help ? EXIT.usage : EXIT.ok;
@@ -221,10 +233,11 @@ export async function runCli(argv: readonly string[], io: Io, options: RunOption
     };
     if (group === 'migrate') return await migrateCommand(sub!, ctx);
     return await keysCommand(sub!, ctx);
-  } catch (e) {
+  } catch (thrown) {
+    const e = translateStoreError(thrown);
     const code = exitCodeOf(e);
     const err = e as { code?: unknown; message?: unknown; tenantId?: unknown };
-    const message = typeof err?.message === 'string' ? err.message : String(e);
+    const message = cliMessage(failureText(e), typeof err?.code === 'string' ? err.code : undefined);
     if (json) {
       io.stdout.write(
         `${toJson({ ok: false, error: { code: typeof err?.code === 'string' ? err.code : 'ERR_UNKNOWN', message, ...(typeof err?.tenantId === 'string' ? { tenantId: err.tenantId } : {}) } })}\n`,
@@ -238,6 +251,20 @@ export async function runCli(argv: readonly string[], io: Io, options: RunOption
   } finally {
     await loaded?.close();
   }
+}
+
+/**
+ * The text of a failure. A Drizzle query error's own message is the SQL text with its parameters:
+ * the CLI prints the database's error (its cause) instead, never the parameters.
+ */
+function failureText(e: unknown): string {
+  const err = e as { name?: unknown; message?: unknown; cause?: unknown } | null;
+  if (err?.name === 'DrizzleQueryError') {
+    const cause = err.cause as { message?: unknown; code?: unknown } | undefined;
+    const m = typeof cause?.message === 'string' ? cause.message : 'unknown database error';
+    return `a database query failed: ${m}${typeof cause?.code === 'string' ? ` (PostgreSQL ${cause.code})` : ''}`;
+  }
+  return typeof err?.message === 'string' ? err.message : String(e);
 }
 
 function exitCodeOf(e: unknown): number {

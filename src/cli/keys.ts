@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { KeyNotFoundError } from '../errors.ts';
 import { verifyKek } from '../keys/lifecycle.ts';
 import type { TenantStatus } from '../keys/lifecycle.ts';
 import type { Kek } from '../kms/kek.ts';
@@ -112,6 +113,13 @@ export async function keysCommand(sub: string, ctx: Context): Promise<number> {
       }
       if (dry) {
         const s = await kr.status(tenant);
+        if (s.dekVersions.length === 0 && ctx.flags['allow-no-keys'] !== true) {
+          throw new KeyNotFoundError(
+            `[dry run] tenant ${JSON.stringify(tenant)} has no data keys: keys shred would refuse. Check the tenant id; ` +
+              'add --allow-no-keys to block this id anyway',
+            { tenantId: tenant },
+          );
+        }
         ctx.out(
           { dryRun: true, status: s },
           () =>
@@ -119,7 +127,10 @@ export async function keysCommand(sub: string, ctx: Context): Promise<number> {
         );
         return EXIT.ok;
       }
-      const r = await kr.shred(tenant, { confirm: confirm as string });
+      const r = await kr.shred(tenant, {
+        confirm: confirm as string,
+        ...(ctx.flags['allow-no-keys'] === true ? { allowNoKeys: true } : {}),
+      });
       ctx.out(r, () => `tenant ${tenant} shredded: ${r.destroyedVersions} data key version(s) destroyed`);
       return EXIT.ok;
     }

@@ -9,6 +9,7 @@ import { type PlanReport, planBackfill, type VerifyReport, verifyBackfill } from
 import { assertCheckpointTables, type Context, EXIT, intFlag, UsageError } from './context.ts';
 import { selectTables } from './config.ts';
 import { fmtInt, fmtMs, Progress } from './output.ts';
+import { cliMessage } from './speak.ts';
 
 export async function migrateCommand(sub: string, ctx: Context): Promise<number> {
   if (ctx.args.length > 0)
@@ -234,7 +235,17 @@ async function verify(ctx: Context): Promise<number> {
 }
 
 function verifyText(r: VerifyReport): string {
-  const head = ['column', 'kind', 'plaintext', 'current', 'stale', 'unreadable', 'mismatched', 'null'];
+  const head = [
+    'column',
+    'kind',
+    'plaintext',
+    'current',
+    'stale',
+    'unreadable',
+    'key unavailable',
+    'mismatched',
+    'null',
+  ];
   const rows = r.columns.map((c) => [
     c.column,
     c.kind,
@@ -242,15 +253,26 @@ function verifyText(r: VerifyReport): string {
     fmtInt(c.current),
     fmtInt(c.stale),
     fmtInt(c.unreadable),
+    fmtInt(c.unavailable),
     fmtInt(c.mismatched),
     fmtInt(c.nulls),
   ]);
+  const shown = r.problems.slice(0, 20);
+  const problemLines = shown.map(
+    (p) =>
+      `  ${p.tenantId === null ? 'rows without tenant' : `tenant ${p.tenantId}`}: ${fmtInt(p.values)} value(s) ` +
+      `${p.kind === 'key-unavailable' ? 'not checked, data key unavailable' : 'unreadable'}: ${cliMessage(p.message, p.code)} [${p.code}]`,
+  );
+  if (r.problems.length > shown.length)
+    problemLines.push(`  ... and ${r.problems.length - shown.length} more (see --json)`);
   const verdict = r.ok
     ? `OK: every value is encrypted${r.deep ? ' and decrypts' : ''}${r.stale > 0 ? ` (${fmtInt(r.stale)} under an older key version: \`migrate run\` re-encrypts them)` : ''}`
-    : `NOT OK: ${fmtInt(r.plaintext)} plaintext, ${fmtInt(r.unreadable)} unreadable, ${fmtInt(r.mismatched)} mismatched`;
+    : `NOT OK: ${fmtInt(r.plaintext)} plaintext, ${fmtInt(r.unreadable)} unreadable, ` +
+      `${fmtInt(r.unavailable)} with the data key unavailable (not checked), ${fmtInt(r.mismatched)} mismatched`;
   return [
     `${r.table}: ${fmtInt(r.rows)} rows${r.deep ? ', every ciphertext decrypted' : ' (shallow: not decrypted)'} in ${fmtMs(r.elapsedMs)}`,
     ...table(head, rows, 2).map((l) => `  ${l}`),
     `  ${verdict}`,
+    ...problemLines,
   ].join('\n');
 }

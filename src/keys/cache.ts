@@ -1,3 +1,4 @@
+import { ByokConfigError } from '../errors.ts';
 import type { KeyObject } from 'node:crypto';
 import { inspect } from 'node:util';
 import { type FieldKey, idEquals, idWordsOf } from '../crypto/aead.ts';
@@ -90,10 +91,12 @@ export class DekCache {
     const maxEntries = options.maxEntries ?? DEFAULT_CACHE.maxEntries;
     const maxAgeMs = options.maxAgeMs ?? DEFAULT_CACHE.maxAgeMs;
     if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) {
-      throw new TypeError('cache.maxEntries must be a positive integer');
+      throw new ByokConfigError(`cache.maxEntries must be a positive integer, got ${String(maxEntries)}`);
     }
     if (!Number.isFinite(maxAgeMs) || maxAgeMs <= 0) {
-      throw new TypeError('cache.maxAgeMs must be a positive number of milliseconds (a max age is required)');
+      throw new ByokConfigError(
+        `cache.maxAgeMs must be a positive number of milliseconds (a max age is required), got ${String(maxAgeMs)}`,
+      );
     }
     this.maxEntries = maxEntries;
     this.maxAgeMs = maxAgeMs;

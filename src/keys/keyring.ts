@@ -36,6 +36,7 @@ import { type RewrapMovedResult, rewrapMovedKeys } from './rewrap-moved.ts';
 import { type Heartbeat, type HeartbeatOptions, isRefusal, startHeartbeat } from './heartbeat.ts';
 import { byokAudit, byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 import { loadTelemetry, withSpan } from './telemetry.ts';
+import { rethrowStoreError, translateStoreError } from './store-errors.ts';
 import { installKeyStore } from './store.ts';
 
 export type AnyPgDatabase = PgDatabase<any, any, any>;
@@ -183,12 +184,7 @@ export class Keyring {
   readonly watchedTenants = new Set<string>();
 
   constructor(options: KeyringOptions) {
-    if (options === null || typeof options !== 'object')
-      throw new ByokConfigError('createKeyring(options) needs an options object');
-    if (options.db === undefined || typeof (options.db as { select?: unknown }).select !== 'function') {
-      throw new ByokConfigError('createKeyring: `db` must be a Drizzle PostgreSQL database (drizzle(...))');
-    }
-    assertKek(options.platformKek, 'createKeyring: `platformKek`');
+    validateKeyringOptions(options);
     this.db = options.db;
     this.#platformKek = options.platformKek;
     this.#previousPlatform = new Map((options.previousPlatformKeks ?? []).map((k) => [k.keyRef, k]));
@@ -236,7 +232,7 @@ export class Keyring {
 
   /** Creates the key store tables if they do not exist (runs the shipped SQL migration). */
   async installKeyStore(): Promise<void> {
-    await installKeyStore(this.db);
+    await installKeyStore(this.db).catch(rethrowStoreError);
   }
 
   /** Runs `fn` with `tenantId` in scope (same as the standalone `withTenant`). */
@@ -287,7 +283,7 @@ export class Keyring {
     /** Called after each data key (and once at the start) with counts, rate and ETA. */
     onProgress?: (p: lifecycle.RewrapPlatformProgress) => void;
   }): Promise<{ dataKeys: number; secrets: number; remaining: number }> {
-    return lifecycle.rewrapPlatform(this, options);
+    return lifecycle.rewrapPlatform(this, options).catch(rethrowStoreError);
   }
 
   /** Whether a KEK kind can be rebuilt from stored configuration on this keyring. */
@@ -341,8 +337,9 @@ export class Keyring {
       return Promise.resolve(hit);
     }
     this.emit({ type: 'cache', outcome: 'miss', dekId: id });
-    if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { id });
-    return shareInFlight(this.#inflightDek, id, () => this.#dekLoader.load(id));
+    if (txDb !== undefined && this.#singleConnection)
+      return this.#loadInTransaction(txDb, { id }).catch(rethrowStoreError);
+    return shareInFlight(this.#inflightDek, id, () => this.#dekLoader.load(id).catch(rethrowStoreError));
   }
 
   /**
@@ -392,8 +389,11 @@ export class Keyring {
       return Promise.resolve(hit);
     }
     this.emit({ type: 'cache', outcome: 'miss', tenantId, dekId: 'active' });
-    if (txDb !== undefined && this.#singleConnection) return this.#loadInTransaction(txDb, { tenantId });
-    return shareInFlight(this.#inflightActive, tenantId, () => this.#activeLoader.load(tenantId));
+    if (txDb !== undefined && this.#singleConnection)
+      return this.#loadInTransaction(txDb, { tenantId }).catch(rethrowStoreError);
+    return shareInFlight(this.#inflightActive, tenantId, () =>
+      this.#activeLoader.load(tenantId).catch(rethrowStoreError),
+    );
   }
 
   /**
@@ -571,7 +571,7 @@ export class Keyring {
     keks: Kek | readonly Kek[],
     options?: lifecycle.LifecycleOptions,
   ): Promise<lifecycle.TenantStatus> {
-    return lifecycle.enableByok(this, tenantId, keks, options);
+    return lifecycle.enableByok(this, tenantId, keks, options).catch(failFor(tenantId));
   }
 
   /** Replaces the tenant's KEK(s) after verifying the new ones; re-wraps data keys only. */
@@ -580,30 +580,30 @@ export class Keyring {
     keks: Kek | readonly Kek[],
     options?: lifecycle.LifecycleOptions,
   ): Promise<lifecycle.TenantStatus> {
-    return lifecycle.rotateKek(this, tenantId, keks, options);
+    return lifecycle.rotateKek(this, tenantId, keks, options).catch(failFor(tenantId));
   }
 
   /** Moves the tenant back under the platform key (re-wraps its data keys). */
   disableByok(tenantId: string, options?: lifecycle.LifecycleOptions): Promise<lifecycle.TenantStatus> {
-    return lifecycle.disableByok(this, tenantId, options);
+    return lifecycle.disableByok(this, tenantId, options).catch(failFor(tenantId));
   }
 
   /** Starts a new data key version for new writes; old versions stay readable. */
   rotateDek(tenantId: string): Promise<{ tenantId: string; version: number }> {
-    return lifecycle.rotateDek(this, tenantId);
+    return lifecycle.rotateDek(this, tenantId).catch(failFor(tenantId));
   }
 
   /** Crypto-shreds the tenant: destroys every wrapped data key. Irreversible; `confirm` repeats the id. */
   shred(
     tenantId: string,
-    options: { confirm: string } & lifecycle.LifecycleOptions,
+    options: lifecycle.ShredOptions,
   ): Promise<{ tenantId: string; destroyedVersions: number }> {
-    return lifecycle.shred(this, tenantId, options);
+    return lifecycle.shred(this, tenantId, options).catch(failFor(tenantId));
   }
 
   /** Mode, KEKs, health, data key versions and progress of a tenant. No secrets. */
   status(tenantId: string): Promise<lifecycle.TenantStatus> {
-    return lifecycle.status(this, tenantId);
+    return lifecycle.status(this, tenantId).catch(failFor(tenantId));
   }
 
   /**
@@ -631,7 +631,7 @@ export class Keyring {
     tenants?: readonly string[];
     concurrency?: number;
   }): Promise<lifecycle.TenantStatus[]> {
-    return lifecycle.checkHealth(this, options);
+    return lifecycle.checkHealth(this, options).catch(rethrowStoreError);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -804,7 +804,7 @@ export class Keyring {
   /** Store queries run outside any tenant scope of the caller and outside its query context. */
   #store<T>(fn: () => PromiseLike<T>): Promise<T> {
     // Builders are lazy: start them inside `exit`, or they would run in the caller's scope.
-    return scopeStorage.exit(() => start(fn()) as Promise<T>);
+    return scopeStorage.exit(() => (start(fn()) as Promise<T>).catch(rethrowStoreError));
   }
 
   async #selectDeks(where: ReturnType<typeof eq>, db: AnyPgDatabase = this.db): Promise<DekRow[]> {
@@ -1392,6 +1392,108 @@ export function isKeyring(v: unknown): v is Keyring {
 /** Creates the keyring. See `KeyringOptions` for every option and its default. */
 export function createKeyring(options: KeyringOptions): Keyring {
   return new Keyring(options);
+}
+
+/** Rethrows a tenant operation's failure translated (`translateStoreError`), naming the tenant. */
+function failFor(tenantId: string): (e: unknown) => never {
+  return (e) => {
+    const t = translateStoreError(e);
+    if (isByokError(t) && t.tenantId === undefined && typeof tenantId === 'string')
+      (t as { tenantId?: string }).tenantId = tenantId;
+    throw t;
+  };
+}
+
+const KEYRING_OPTIONS = [
+  'db',
+  'platformKek',
+  'previousPlatformKeks',
+  'kekFactories',
+  'cache',
+  'unwrapConcurrency',
+  'maxBatchSize',
+  'preferredRegion',
+  'onEvent',
+  'singleConnection',
+  'auditTable',
+];
+
+/**
+ * Checks every option of `createKeyring` and throws one `ByokConfigError` listing every problem
+ * (each naming the option and what it must be), so one run shows all there is to fix.
+ */
+function validateKeyringOptions(options: KeyringOptions): void {
+  if (options === null || typeof options !== 'object')
+    throw new ByokConfigError('createKeyring(options) needs an options object');
+  const o = options as unknown as Record<string, unknown>;
+  const problems: string[] = [];
+  const isKek = (k: unknown) => {
+    const c = k as Partial<Kek> | null | undefined;
+    return (
+      c !== null &&
+      typeof c === 'object' &&
+      typeof c.wrap === 'function' &&
+      typeof c.unwrap === 'function' &&
+      typeof c.keyRef === 'string' &&
+      typeof c.toConfig === 'function'
+    );
+  };
+  const positive = (v: unknown) => v === undefined || (Number.isSafeInteger(v) && (v as number) >= 1);
+  if (o.db === undefined || o.db === null || typeof (o.db as { select?: unknown }).select !== 'function')
+    problems.push('`db` must be a Drizzle PostgreSQL database (drizzle(...))');
+  if (!isKek(o.platformKek))
+    problems.push('`platformKek` must be a KEK: localKek({ key }), awsKms(...) or gcpKms(...)');
+  if (o.previousPlatformKeks !== undefined) {
+    if (!Array.isArray(o.previousPlatformKeks))
+      problems.push('`previousPlatformKeks` must be an array of KEKs');
+    else
+      o.previousPlatformKeks.forEach((k, i) => {
+        if (!isKek(k)) problems.push(`\`previousPlatformKeks[${i}]\` must be a KEK`);
+      });
+  }
+  if (o.kekFactories !== undefined) {
+    if (o.kekFactories === null || typeof o.kekFactories !== 'object' || Array.isArray(o.kekFactories))
+      problems.push("`kekFactories` must be an object such as { 'aws-kms': awsKekFactory }");
+    else
+      for (const [kind, f] of Object.entries(o.kekFactories))
+        if (typeof f !== 'function')
+          problems.push(`\`kekFactories['${kind}']\` must be a KEK factory function`);
+  }
+  if (o.cache !== undefined) {
+    const c = o.cache as Record<string, unknown> | null;
+    if (c === null || typeof c !== 'object')
+      problems.push('`cache` must be an object { maxEntries, maxAgeMs }');
+    else {
+      if (!positive(c.maxEntries))
+        problems.push(`\`cache.maxEntries\` must be a positive integer, got ${String(c.maxEntries)}`);
+      if (
+        c.maxAgeMs !== undefined &&
+        !(typeof c.maxAgeMs === 'number' && Number.isFinite(c.maxAgeMs) && c.maxAgeMs > 0)
+      )
+        problems.push(
+          `\`cache.maxAgeMs\` must be a positive number of milliseconds (a max age is required), got ${String(c.maxAgeMs)}`,
+        );
+      for (const k of Object.keys(c))
+        if (k !== 'maxEntries' && k !== 'maxAgeMs')
+          problems.push(`unknown option \`cache.${k}\` (known: maxEntries, maxAgeMs)`);
+    }
+  }
+  for (const k of ['unwrapConcurrency', 'maxBatchSize'])
+    if (!positive(o[k])) problems.push(`\`${k}\` must be a positive integer, got ${String(o[k])}`);
+  if (o.preferredRegion !== undefined && (typeof o.preferredRegion !== 'string' || o.preferredRegion === ''))
+    problems.push('`preferredRegion` must be a region name such as "eu-west-1"');
+  if (o.onEvent !== undefined && typeof o.onEvent !== 'function')
+    problems.push('`onEvent` must be a function (event) => void');
+  for (const k of ['singleConnection', 'auditTable'])
+    if (o[k] !== undefined && typeof o[k] !== 'boolean') problems.push(`\`${k}\` must be true or false`);
+  for (const k of Object.keys(o))
+    if (!KEYRING_OPTIONS.includes(k))
+      problems.push(`unknown option \`${k}\` (known: ${KEYRING_OPTIONS.join(', ')})`);
+  if (problems.length === 1) throw new ByokConfigError(`createKeyring: ${problems[0]}`);
+  if (problems.length > 1)
+    throw new ByokConfigError(
+      `createKeyring: ${problems.length} problems in the options:\n  - ${problems.join('\n  - ')}`,
+    );
 }
 
 export function assertKek(kek: unknown, what: string): asserts kek is Kek {

@@ -5,6 +5,7 @@ import {
   ByokConfigError,
   isByokError,
   KeyDisabledError,
+  KeyNotFoundError,
   KeyUsageError,
   KmsIntegrityError,
   LifecycleBusyError,
@@ -478,6 +479,17 @@ export async function rotateDek(
   });
 }
 
+/** Options of `shred`. */
+export interface ShredOptions extends LifecycleOptions {
+  /** Must repeat the tenant id: shredding is irreversible. */
+  readonly confirm: string;
+  /**
+   * Shred a tenant that has no data keys (never written, or a misspelled id): it only blocks the id
+   * from ever getting keys. Default false: refused with `KeyNotFoundError`.
+   */
+  readonly allowNoKeys?: boolean;
+}
+
 /**
  * Crypto-shredding: destroys every wrapped data key of the tenant (and its KEK configuration).
  * Afterwards no instance can decrypt the tenant's rows, and the tenant cannot get new keys.
@@ -486,7 +498,7 @@ export async function rotateDek(
 export async function shred(
   keyring: Keyring,
   tenantId: string,
-  options: { confirm: string } & LifecycleOptions,
+  options: ShredOptions,
 ): Promise<{ tenantId: string; destroyedVersions: number }> {
   assertTenantId(tenantId);
   if (options?.confirm !== tenantId) {
@@ -499,8 +511,18 @@ export async function shred(
   return scopeStorage.exit(async () => {
     const destroyed = await keyring.db.transaction(async (tx) => {
       await lockTenant(tx, tenantId, options.lockTimeoutMs ?? 30_000);
-      await tx.insert(byokTenants).values({ tenantId }).onConflictDoNothing();
       const deks = await tx.select({ id: byokDeks.id }).from(byokDeks).where(eq(byokDeks.tenantId, tenantId));
+      // A tenant that never had a data key is most often a typo ('acme ' for 'acme'): shredding it
+      // would block that id for good and destroy nothing. Refused unless asked for explicitly.
+      if (deks.length === 0 && options.allowNoKeys !== true) {
+        const spaces = tenantId.trim() !== tenantId ? ' (note: the id has leading or trailing spaces)' : '';
+        throw new KeyNotFoundError(
+          `tenant ${JSON.stringify(tenantId)} has no data keys${spaces}: nothing to shred. Check the tenant id; ` +
+            'to block this id from ever getting keys anyway, pass { allowNoKeys: true }',
+          { tenantId },
+        );
+      }
+      await tx.insert(byokTenants).values({ tenantId }).onConflictDoNothing();
       if (deks.length > 0) {
         await tx.delete(byokDekWraps).where(
           inArray(

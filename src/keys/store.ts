@@ -3,6 +3,7 @@ import type { PgDatabase } from 'drizzle-orm/pg-core';
 import { RETROFIT_MIGRATION } from '../migrate/schema.ts';
 import { BLIND_INDEX_MIGRATION } from '../drizzle/blind-schema.ts';
 import { KEY_IDENTITY_MIGRATION } from './identity-schema.ts';
+import { rethrowStoreError } from './store-errors.ts';
 
 /**
  * The key store migration, identical to the shipped `migrations/0001_key_store.sql` (a test checks
@@ -112,10 +113,15 @@ export function migrationStatements(text: string): string[] {
  * (serialized by an advisory lock) and on every start.
  */
 export async function installKeyStore(db: PgDatabase<any, any, any>): Promise<void> {
-  await db.transaction(async (tx) => {
-    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended('byok:install-key-store', 0))`);
-    for (const migration of MIGRATIONS) {
-      for (const statement of migrationStatements(migration)) await tx.execute(sql.raw(statement));
-    }
-  });
+  await db
+    .transaction(async (tx) => {
+      // `IF NOT EXISTS` on existing objects raises NOTICEs (postgres.js prints each by default):
+      // the library's own DDL is quiet. Transaction-local, so the connection keeps its setting.
+      await tx.execute(sql`set local client_min_messages to warning`);
+      await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended('byok:install-key-store', 0))`);
+      for (const migration of MIGRATIONS) {
+        for (const statement of migrationStatements(migration)) await tx.execute(sql.raw(statement));
+      }
+    })
+    .catch(rethrowStoreError);
 }

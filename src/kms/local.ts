@@ -94,12 +94,29 @@ function parseKey(key: unknown): Buffer {
     );
   }
   const text = key.trim();
-  let raw: Buffer | undefined;
-  if (/^[0-9a-fA-F]{64}$/.test(text)) raw = Buffer.from(text, 'hex');
-  else if (/^[A-Za-z0-9+/_-]+={0,2}$/.test(text))
-    raw = Buffer.from(text, text.includes('-') || text.includes('_') ? 'base64url' : 'base64');
-  if (raw === undefined) throw new ByokConfigError(`${hint}; the text is neither base64 nor hex`);
-  if (raw.length !== 32) throw new ByokConfigError(`${hint}; it decodes to ${raw.length} bytes`);
+  // Hex is tried for text made only of hex digits (base64 of 32 bytes is 43-44 characters with
+  // letters beyond f, or '='); everything else is read as base64 / base64url. The message says
+  // which encoding was tried and what it gave, never the text itself.
+  if (/^[0-9a-fA-F]+$/.test(text)) {
+    if (text.length === 64) return notRepeated(Buffer.from(text, 'hex'), hint);
+    throw new ByokConfigError(
+      `${hint}; the text was read as hex: ${text.length} hex digits${text.length % 2 === 0 ? ` (${text.length / 2} bytes)` : ''}, ` +
+        'but 32 bytes are 64 hex digits',
+    );
+  }
+  if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(text)) {
+    throw new ByokConfigError(
+      `${hint}; the text is neither hex (64 digits 0-9a-f) nor base64 (44 characters A-Z a-z 0-9 + / =, or base64url)`,
+    );
+  }
+  const url = text.includes('-') || text.includes('_');
+  const raw = Buffer.from(text, url ? 'base64url' : 'base64');
+  if (raw.length !== 32) {
+    throw new ByokConfigError(
+      `${hint}; the text was read as ${url ? 'base64url' : 'base64'}: ${text.length} characters decode to ` +
+        `${raw.length} bytes, but 32 bytes are 44 base64 characters (43 without the trailing '=')`,
+    );
+  }
   return notRepeated(raw, hint);
 }
 

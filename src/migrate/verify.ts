@@ -1,6 +1,14 @@
 import { type SQL, sql } from 'drizzle-orm';
 import { openFor } from '../drizzle/columns.ts';
-import { ByokConfigError, isByokError, KmsThrottledError, KmsUnavailableError } from '../errors.ts';
+import {
+  ByokConfigError,
+  DatabaseUnavailableError,
+  isByokError,
+  KeyNotFoundError,
+  KeyStoreMissingError,
+  TenantShreddedError,
+} from '../errors.ts';
+import { translateStoreError } from '../keys/store-errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { backfillJobId } from './engine.ts';
@@ -41,8 +49,26 @@ export interface VerifyColumnReport {
   stale: number;
   /** Ciphertext that does not decrypt for the row's tenant (or malformed, or under a destroyed key). */
   unreadable: number;
+  /**
+   * Deep: ciphertext whose data key could not be loaded now (KMS unreachable or throttling, access
+   * denied, key disabled, credentials rejected, no KEK factory configured...). Says nothing about
+   * the value itself: fix the cause (see `problems`) and verify again.
+   */
+  unavailable: number;
   /** Shadow columns, deep: the decrypted target differs from the source. */
   mismatched: number;
+}
+
+/** Why values of one tenant were unreadable or their key unavailable, with how many values. */
+export interface VerifyProblem {
+  /** The row's tenant (null for rows without a tenant). */
+  readonly tenantId: string | null;
+  readonly kind: 'unreadable' | 'key-unavailable';
+  /** Error code of the cause (`ERR_BYOK_*`), or `MALFORMED` / `NO_TENANT` / `PLAIN_IN_SHADOW`. */
+  readonly code: string;
+  /** The cause's message (no plaintext, keys or parameters: messages of typed errors never carry them). */
+  readonly message: string;
+  values: number;
 }
 
 export interface VerifyReport {
@@ -52,9 +78,13 @@ export interface VerifyReport {
   readonly columns: VerifyColumnReport[];
   plaintext: number;
   unreadable: number;
+  /** Values whose data key could not be loaded (see `problems` for tenants and causes). */
+  unavailable: number;
   stale: number;
   mismatched: number;
-  /** No plaintext, nothing unreadable, no mismatch. */
+  /** Per tenant and cause, largest first: what made values unreadable or their keys unavailable. */
+  problems: VerifyProblem[];
+  /** No plaintext, nothing unreadable or unavailable, no mismatch. */
   ok: boolean;
   aborted: boolean;
   elapsedMs: number;
@@ -62,7 +92,22 @@ export interface VerifyReport {
 
 type VerifyRow = Record<string, unknown> & { k: string; t: string | null };
 
-const TRANSIENT = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
+const STORE_FAILURES = new Set([KeyStoreMissingError.code, DatabaseUnavailableError.code]);
+
+/**
+ * Failures to load a data key that say the key is gone for good (destroyed by shred, or an id the
+ * store does not know): the values are unreadable. Every other failure (KMS down or throttling,
+ * access denied, disabled key, credentials, configuration) is "key unavailable": fixable, and no
+ * verdict on the values.
+ */
+const KEY_GONE = new Set([TenantShreddedError.code, KeyNotFoundError.code]);
+
+type Problem = Omit<VerifyProblem, 'tenantId' | 'values'>;
+
+function causeOf(e: unknown): { code: string; message: string } {
+  if (isByokError(e)) return { code: e.code, message: e.message };
+  return { code: 'ERR_UNKNOWN', message: 'unexpected failure while loading the data key' };
+}
 
 /** Active data key (id, version) of tenants, read from the key store (never creates one). */
 async function activeVersions(
@@ -109,12 +154,15 @@ export async function verifyBackfill(
       current: 0,
       stale: 0,
       unreadable: 0,
+      unavailable: 0,
       mismatched: 0,
     })),
     plaintext: 0,
     unreadable: 0,
+    unavailable: 0,
     stale: 0,
     mismatched: 0,
+    problems: [],
     ok: false,
     aborted: false,
     elapsedMs: 0,
@@ -126,6 +174,9 @@ export async function verifyBackfill(
   const total = Number(cnt?.n ?? 0);
   const active = new Map<string, { id: string; version: number } | null>();
   const entries = new Map<string, DekEntry | null>();
+  /** Why a data key could not be loaded, by DEK id. */
+  const failures = new Map<string, unknown>();
+  const problems = new Map<string, VerifyProblem>();
   let from: string | null = null;
   for (;;) {
     if (options.signal?.aborted) {
@@ -154,13 +205,24 @@ export async function verifyBackfill(
       const loaded = await Promise.allSettled(list.map((id) => keysOf(keyring).getDek(id)));
       loaded.forEach((r, i) => {
         if (r.status === 'fulfilled') entries.set(list[i]!, r.value);
-        else if (isByokError(r.reason) && TRANSIENT.has(r.reason.code)) throw r.reason;
-        else entries.set(list[i]!, null);
+        else {
+          // The store itself failing (missing tables, database down) ends the verification.
+          const e = translateStoreError(r.reason);
+          if (isByokError(e) && STORE_FAILURES.has(e.code)) throw e;
+          entries.set(list[i]!, null);
+          failures.set(list[i]!, e);
+        }
       });
     }
     for (const row of rows) {
       t.columns.forEach((c, i) => {
-        countValue(keyring, c, report.columns[i]!, row, i, active, entries, deep);
+        const problem = countValue(keyring, c, report.columns[i]!, row, i, active, entries, deep, failures);
+        if (problem !== undefined) {
+          const key = `${row.t}\u0000${problem.kind}\u0000${problem.code}\u0000${problem.message}`;
+          const p = problems.get(key);
+          if (p === undefined) problems.set(key, { tenantId: row.t, ...problem, values: 1 });
+          else p.values++;
+        }
       });
     }
     report.rows += rows.length;
@@ -175,13 +237,20 @@ export async function verifyBackfill(
     if (rows.length < batchSize) break;
     from = rows[rows.length - 1]!.k;
   }
+  report.problems = [...problems.values()].sort((a, b) => b.values - a.values);
   for (const c of report.columns) {
     report.plaintext += c.plaintext;
     report.unreadable += c.unreadable;
+    report.unavailable += c.unavailable;
     report.stale += c.stale;
     report.mismatched += c.mismatched;
   }
-  report.ok = !report.aborted && report.plaintext === 0 && report.unreadable === 0 && report.mismatched === 0;
+  report.ok =
+    !report.aborted &&
+    report.plaintext === 0 &&
+    report.unreadable === 0 &&
+    report.unavailable === 0 &&
+    report.mismatched === 0;
   report.elapsedMs = performance.now() - started;
   return report;
 }
@@ -208,44 +277,74 @@ function countValue(
   active: Map<string, { id: string; version: number } | null>,
   entries: Map<string, DekEntry | null>,
   deep: boolean,
-): void {
+  failures: Map<string, unknown>,
+): Problem | undefined {
   const stored = classify(c.state, row[`v${i}`]);
   const source = c.source === undefined ? undefined : (row[`s${i}`] as string | null);
   if (stored.kind === 'null') {
     if (source === undefined || source === null) r.nulls++;
     else r.plaintext++;
-    return;
+    return undefined;
   }
-  if (stored.kind === 'malformed' || (stored.kind === 'plain' && c.kind === 'shadow')) {
+  if (stored.kind === 'malformed') {
     r.unreadable++;
-    return;
+    return {
+      kind: 'unreadable',
+      code: 'MALFORMED',
+      message: 'the stored value is not a drizzle-byok envelope',
+    };
+  }
+  if (stored.kind === 'plain' && c.kind === 'shadow') {
+    r.unreadable++;
+    return {
+      kind: 'unreadable',
+      code: 'PLAIN_IN_SHADOW',
+      message: 'the shadow (encrypted) column holds a value that is not ciphertext',
+    };
   }
   if (stored.kind === 'plain') {
     r.plaintext++;
-    return;
+    return undefined;
   }
   const tenant = row.t;
   if (tenant === null) {
     r.unreadable++;
-    return;
+    return {
+      kind: 'unreadable',
+      code: 'NO_TENANT',
+      message: 'the row has no tenant: its ciphertext cannot be checked',
+    };
   }
   const act = active.get(tenant) ?? null;
   if (!deep) {
     if (act !== null && act.id === stored.dekId) r.current++;
     else r.stale++;
-    return;
+    return undefined;
   }
   const entry = entries.get(stored.dekId) ?? null;
-  if (entry === null || entry.tenantId !== tenant) {
+  if (entry === null) {
+    const cause = causeOf(failures.get(stored.dekId));
+    if (KEY_GONE.has(cause.code)) {
+      r.unreadable++;
+      return { kind: 'unreadable', ...cause };
+    }
+    r.unavailable++;
+    return { kind: 'key-unavailable', ...cause };
+  }
+  if (entry.tenantId !== tenant) {
     r.unreadable++;
-    return;
+    return {
+      kind: 'unreadable',
+      code: 'ERR_BYOK_TENANT_MISMATCH',
+      message: "the value is encrypted under another tenant's data key",
+    };
   }
   let value: unknown;
   try {
     value = openFor(keyring, c.state, entry, stored.env);
   } catch {
     r.unreadable++;
-    return;
+    return { kind: 'unreadable', code: 'ERR_BYOK_DECRYPTION_FAILED', message: 'decryption operation failed' };
   }
   if (source !== undefined && source !== null) {
     let same = false;
@@ -256,11 +355,12 @@ function countValue(
     }
     if (!same) {
       r.mismatched++;
-      return;
+      return undefined;
     }
   }
   if (act !== null && (act.id === stored.dekId || entry.version >= act.version)) r.current++;
   else r.stale++;
+  return undefined;
 }
 
 // -----------------------------------------------------------------------------------------------
