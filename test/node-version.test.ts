@@ -39,8 +39,7 @@ describe('Node.js version guard (scripts/check-node.cjs)', () => {
         const message = check.problem(version, 22);
         if (major >= 22) return message === null;
         return (
-          message !== null &&
-          message.includes('needs Node.js >= 22') &&
+          message?.includes('needs Node.js >= 22') &&
           message.includes(`this is Node.js v${major}.${minor}.${patch}`) &&
           message.includes('nvm install') &&
           message.includes('https://nodejs.org')

@@ -4,6 +4,7 @@ import {
   check,
   integer,
   jsonb,
+  foreignKey,
   primaryKey,
   text,
   timestamp,
@@ -23,9 +24,7 @@ import { byok, byokTenants } from '../keys/schema.ts';
 export const byokBlindIndexKeys = byok.table(
   'blind_index_keys',
   {
-    tenantId: text('tenant_id')
-      .notNull()
-      .references(() => byokTenants.tenantId, { onDelete: 'cascade' }),
+    tenantId: text('tenant_id').notNull(),
     /** The index context (default `schema.table.column` of the index column). */
     context: text('context').notNull(),
     /** 1..255: the first byte of every index value written under this version. */
@@ -49,7 +48,12 @@ export const byokBlindIndexKeys = byok.table(
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [
-    primaryKey({ columns: [t.tenantId, t.context, t.version] }),
+    primaryKey({ name: 'blind_index_keys_pkey', columns: [t.tenantId, t.context, t.version] }),
+    foreignKey({
+      name: 'blind_index_keys_tenant_id_fkey',
+      columns: [t.tenantId],
+      foreignColumns: [byokTenants.tenantId],
+    }).onDelete('cascade'),
     check('blind_index_keys_version_check', sql`version BETWEEN 1 AND 255`),
     uniqueIndex('blind_index_keys_one_active_uq').on(t.tenantId, t.context).where(sql`state = 'active'`),
   ],

@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import {
   bigserial,
   customType,
+  foreignKey,
   index,
   integer,
   jsonb,
@@ -15,8 +16,13 @@ import {
 
 /**
  * The tables drizzle-byok owns, in the PostgreSQL schema `byok`. Exported so drizzle-kit sees them
- * (add `drizzle-byok/schema` to your drizzle config's `schema` list), and created by the shipped SQL
- * migration (`migrations/0001_key_store.sql`, or `installKeyStore(db)`).
+ * (re-export `drizzle-byok/schema` from a file listed in your drizzle config's `schema`, and add
+ * 'byok' to `schemaFilter`: see the README), and created by the shipped SQL migrations
+ * (`migrations/*.sql`, or `keyring.installKeyStore()`).
+ *
+ * Constraint names are the ones PostgreSQL gives the shipped SQL (`<table>_pkey`,
+ * `<table>_<column>_fkey`), named here explicitly, so `drizzle-kit push` / `generate` see no
+ * difference between a store created by either path (a test checks it).
  *
  * Nothing in these tables is secret on its own: data keys are stored only wrapped by a KEK, and
  * credentials in KEK configuration are encrypted under the platform key.
@@ -49,9 +55,7 @@ export const byokKeks = byok.table(
   'keks',
   {
     id: uuid('id').primaryKey().defaultRandom(),
-    tenantId: text('tenant_id')
-      .notNull()
-      .references(() => byokTenants.tenantId, { onDelete: 'cascade' }),
+    tenantId: text('tenant_id').notNull(),
     kind: text('kind').notNull(),
     keyRef: text('key_ref').notNull(),
     region: text('region'),
@@ -76,7 +80,14 @@ export const byokKeks = byok.table(
     lastError: text('last_error'),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   },
-  (t) => [index('keks_tenant_idx').on(t.tenantId)],
+  (t) => [
+    index('keks_tenant_idx').on(t.tenantId),
+    foreignKey({
+      name: 'keks_tenant_id_fkey',
+      columns: [t.tenantId],
+      foreignColumns: [byokTenants.tenantId],
+    }).onDelete('cascade'),
+  ],
 );
 
 /** Data key versions. At most one 'active' per tenant (partial unique index). */
@@ -84,9 +95,7 @@ export const byokDeks = byok.table(
   'deks',
   {
     id: uuid('id').primaryKey(),
-    tenantId: text('tenant_id')
-      .notNull()
-      .references(() => byokTenants.tenantId, { onDelete: 'cascade' }),
+    tenantId: text('tenant_id').notNull(),
     version: integer('version').notNull(),
     /** 'active' (new writes), 'retired' (read-only, awaiting re-encryption). */
     state: text('state').notNull().default('active'),
@@ -95,6 +104,11 @@ export const byokDeks = byok.table(
   (t) => [
     uniqueIndex('deks_tenant_version_uq').on(t.tenantId, t.version),
     uniqueIndex('deks_one_active_uq').on(t.tenantId).where(sql`state = 'active'`),
+    foreignKey({
+      name: 'deks_tenant_id_fkey',
+      columns: [t.tenantId],
+      foreignColumns: [byokTenants.tenantId],
+    }).onDelete('cascade'),
   ],
 );
 
@@ -102,11 +116,9 @@ export const byokDeks = byok.table(
 export const byokDekWraps = byok.table(
   'dek_wraps',
   {
-    dekId: uuid('dek_id')
-      .notNull()
-      .references(() => byokDeks.id, { onDelete: 'cascade' }),
+    dekId: uuid('dek_id').notNull(),
     /** The KEK row (BYOK) or null for the platform KEK. */
-    kekId: uuid('kek_id').references(() => byokKeks.id, { onDelete: 'cascade' }),
+    kekId: uuid('kek_id'),
     kekRef: text('kek_ref').notNull(),
     wrapped: bytea('wrapped').notNull(),
     /**
@@ -117,7 +129,15 @@ export const byokDekWraps = byok.table(
     wrappedBy: text('wrapped_by'),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   },
-  (t) => [primaryKey({ columns: [t.dekId, t.kekRef] })],
+  (t) => [
+    primaryKey({ name: 'dek_wraps_pkey', columns: [t.dekId, t.kekRef] }),
+    foreignKey({ name: 'dek_wraps_dek_id_fkey', columns: [t.dekId], foreignColumns: [byokDeks.id] }).onDelete(
+      'cascade',
+    ),
+    foreignKey({ name: 'dek_wraps_kek_id_fkey', columns: [t.kekId], foreignColumns: [byokKeks.id] }).onDelete(
+      'cascade',
+    ),
+  ],
 );
 
 /** Optional audit trail of KMS calls and lifecycle changes (no key material, no plaintext). */

@@ -1,4 +1,13 @@
-import { bigint, boolean, integer, jsonb, primaryKey, text, timestamp } from 'drizzle-orm/pg-core';
+import {
+  bigint,
+  boolean,
+  foreignKey,
+  integer,
+  jsonb,
+  primaryKey,
+  text,
+  timestamp,
+} from 'drizzle-orm/pg-core';
 import { byok } from '../keys/schema.ts';
 
 /**
@@ -35,9 +44,7 @@ export const byokRetrofitJobs = byok.table('retrofit_jobs', {
 export const byokRetrofitChunks = byok.table(
   'retrofit_chunks',
   {
-    jobId: text('job_id')
-      .notNull()
-      .references(() => byokRetrofitJobs.id, { onDelete: 'cascade' }),
+    jobId: text('job_id').notNull(),
     seq: integer('seq').notNull(),
     /** Exclusive lower bound (primary key as text); null: from the first row. */
     lo: text('lo'),
@@ -54,7 +61,14 @@ export const byokRetrofitChunks = byok.table(
     leaseUntil: timestamp('lease_until', { withTimezone: true }),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
   },
-  (t) => [primaryKey({ columns: [t.jobId, t.seq] })],
+  (t) => [
+    primaryKey({ name: 'retrofit_chunks_pkey', columns: [t.jobId, t.seq] }),
+    foreignKey({
+      name: 'retrofit_chunks_job_id_fkey',
+      columns: [t.jobId],
+      foreignColumns: [byokRetrofitJobs.id],
+    }).onDelete('cascade'),
+  ],
 );
 
 /**
