@@ -454,3 +454,33 @@ describe('migrate verify: unreadable values apart from unavailable keys, with te
     expect(again).toMatchObject({ unreadable: 1, unavailable: 0 });
   });
 });
+
+describe('key store constraint names', () => {
+  it('are the same in the shipped SQL (as installed) and in the Drizzle schema drizzle-kit reads', async () => {
+    const { getTableConfig, PgTable } = await import('drizzle-orm/pg-core');
+    const { is } = await import('drizzle-orm');
+    const schema = await import('../src/schema.ts');
+    const fromDrizzle: string[] = [];
+    for (const table of Object.values(schema)) {
+      if (!is(table, PgTable)) continue;
+      const c = getTableConfig(table as never);
+      if (c.schema !== 'byok') continue;
+      for (const pk of c.primaryKeys) fromDrizzle.push(`${c.name}: ${pk.getName()}`);
+      for (const fk of c.foreignKeys) fromDrizzle.push(`${c.name}: ${fk.getName()}`);
+      for (const col of c.columns) if (col.primary) fromDrizzle.push(`${c.name}: ${c.name}_pkey`);
+    }
+    const d = await emptyDatabase('pglite');
+    try {
+      const keyring = createKeyring({ db: d.db, platformKek: localKek({ key: randomBytes(32) }) });
+      await keyring.installKeyStore();
+      const rows = (await d.db.execute(
+        "select conrelid::regclass::text as t, conname from pg_constraint where connamespace = 'byok'::regnamespace and contype in ('p', 'f')" as never,
+      )) as unknown as { rows: { t: string; conname: string }[] };
+      const installed = rows.rows.map((r) => `${r.t.replace(/^byok\./, '')}: ${r.conname}`);
+      expect(fromDrizzle.sort()).toEqual(installed.sort());
+      expect(installed.length).toBeGreaterThan(10);
+    } finally {
+      await d.close();
+    }
+  });
+});
