@@ -79,9 +79,9 @@ describe(`drizzle-byok CLI on a new database (${DATABASE_URL ? 'PostgreSQL' : 'P
 
   it('without the key store: says to run `drizzle-byok migrate install`, in CLI words, without the query', async () => {
     const r = await cli(['keys', 'status', 'acme'], env);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(r.stderr).toMatch(
-      /^drizzle-byok: error: the drizzle-byok key store does not exist in this database \(relation "byok\.[a-z_]+" does not exist\): create it with `drizzle-byok migrate install`.* \[ERR_BYOK_KEY_STORE_MISSING\]\n$/,
+      /^drizzle-byok: the drizzle-byok key store does not exist in this database \(relation "byok\.[a-z_]+" does not exist\): create it with `drizzle-byok migrate install`.* \[ERR_BYOK_KEY_STORE_MISSING\]\n$/,
     );
     expect(r.stderr).not.toMatch(API_WORDS);
     const j = await cli(['keys', 'status', 'acme', '--json'], env);

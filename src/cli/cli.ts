@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { ByokConfigError, isByokError } from '../errors.ts';
+import { ByokConfigError, isByokError, KeyStoreMissingError } from '../errors.ts';
 import { CliConfigError, type LoadedConfig, loadConfig } from './config.ts';
 import { type Context, EXIT, type Flags, UsageError } from './context.ts';
 import { keysCommand } from './keys.ts';
@@ -269,10 +269,11 @@ function failureText(e: unknown): string {
 
 function exitCodeOf(e: unknown): number {
   // By code, not only by class: the config may load another copy of the library than the CLI's.
+  // A missing key store is set-up, like a missing config file: exit 2 (see EXIT).
   if (
     e instanceof UsageError ||
     e instanceof CliConfigError ||
-    (isByokError(e) && e.code === ByokConfigError.code)
+    (isByokError(e) && (e.code === ByokConfigError.code || e.code === KeyStoreMissingError.code))
   ) {
     return EXIT.usage;
   }

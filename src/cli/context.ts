@@ -8,7 +8,7 @@ import type { Io } from './output.ts';
  * Exit codes of `drizzle-byok` (stable, documented in docs/retrofit.md):
  * - 0: done;
  * - 1: failure (database, KMS, unexpected error): nothing is left half-done that a rerun cannot finish;
- * - 2: usage or configuration error (bad flag, missing or invalid config file, missing tables);
+ * - 2: usage or configuration error (bad flag, missing or invalid config file, missing tables or key store);
  * - 3: the command ran but found problems: `migrate verify` found plaintext, unreadable or mismatched
  *   values; `migrate run`/`rollback` left values it could not process; `keys health` found tenants
  *   that are not healthy; `migrate plan` found something that blocks `run`;
