@@ -117,6 +117,6 @@ describe('Node.js version guard (scripts/check-node.cjs)', () => {
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
-    });
+    }, 400_000);
   });
 });
