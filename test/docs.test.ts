@@ -14,6 +14,8 @@ const ENTRY_POINTS: Record<string, string> = {
   'drizzle-byok/aws': 'src/kms/aws.ts',
   'drizzle-byok/gcp': 'src/kms/gcp.ts',
   'drizzle-byok/testing': 'src/testing/index.ts',
+  'drizzle-byok/testing/aws': 'src/testing/aws.ts',
+  'drizzle-byok/testing/gcp': 'src/testing/gcp.ts',
 };
 
 interface Written {
