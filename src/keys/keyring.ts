@@ -1416,6 +1416,7 @@ const KEYRING_OPTIONS = [
   'onEvent',
   'singleConnection',
   'auditTable',
+  'heartbeat',
 ];
 
 /**
