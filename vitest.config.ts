@@ -2,7 +2,6 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     globalSetup: ['test/global-setup.ts'],
     // A guard against hangs, not a timing check: on a loaded 2-core machine the heavy tests
     // (100,000-row retrofits, spawned CLIs, npm installs into temp apps) take over a minute.
@@ -11,5 +10,16 @@ export default defineConfig({
     pool: 'forks',
     fileParallelism: true,
     maxWorkers: 2,
+    projects: [
+      {
+        extends: true,
+        test: { name: 'suite', include: ['test/**/*.test.ts'], exclude: ['test/soak.test.ts'] },
+      },
+      // The soak runs after every other file, alone: its figures are not skewed by them (nor theirs by it).
+      {
+        extends: true,
+        test: { name: 'soak', include: ['test/soak.test.ts'], sequence: { groupOrder: 1 } },
+      },
+    ],
   },
 });

@@ -18,6 +18,7 @@ import { guardBench } from './guard.ts';
 import { envLine, markdownTable, recordedTargets, type Section } from './lib.ts';
 import { memoryBench } from './memory.ts';
 import { retrofitBench } from './retrofit.ts';
+import { rlsBench } from './rls.ts';
 import { selectBench } from './select.ts';
 
 export const sections: readonly Section[] = [
@@ -28,6 +29,7 @@ export const sections: readonly Section[] = [
   blindIndexBench,
   coldStartBench,
   memoryBench,
+  rlsBench,
 ];
 
 async function main(): Promise<number> {

@@ -176,6 +176,15 @@ export class DatabaseUnavailableError extends ByokError {
   static override code = 'ERR_BYOK_DATABASE_UNAVAILABLE';
 }
 
+/**
+ * The key store could not be reached in time: every connection of the keyring's budget stayed busy
+ * longer than `keyStore.waitTimeoutMs`. The last resort against a pool exhausted by transactions
+ * that wait on key loads: raise the budget, give the keyring its own `keyStore.db`, or retry.
+ */
+export class KeyStoreBusyError extends ByokError {
+  static override code = 'ERR_BYOK_KEY_STORE_BUSY';
+}
+
 export type ByokErrorCode =
   | typeof ByokError.code
   | typeof ByokConfigError.code
@@ -200,7 +209,8 @@ export type ByokErrorCode =
   | typeof LifecycleBusyError.code
   | typeof RetrofitBusyError.code
   | typeof KeyStoreMissingError.code
-  | typeof DatabaseUnavailableError.code;
+  | typeof DatabaseUnavailableError.code
+  | typeof KeyStoreBusyError.code;
 
 /** True for any error thrown by drizzle-byok on purpose (works across duplicate installs). */
 export function isByokError(e: unknown): e is ByokError {

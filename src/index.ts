@@ -30,6 +30,14 @@ export { rawCiphertext, restoreCiphertext } from './drizzle/guard.ts';
 export { decryptRows } from './drizzle/raw.ts';
 export { type CiphertextBinding, reencrypt } from './drizzle/reencrypt.ts';
 export { currentTenant, withAnyTenant, withTenant } from './drizzle/scope.ts';
+export {
+  DEFAULT_RLS_SETTING,
+  type RlsOptions,
+  rlsSql,
+  type TenantPolicyOptions,
+  tenantCondition,
+  tenantPolicy,
+} from './drizzle/rls.ts';
 export * from './errors.ts';
 export type { DekCacheOptions } from './keys/cache.ts';
 export type { ByokEvent, ByokEventListener } from './keys/events.ts';
@@ -40,6 +48,7 @@ export {
   type KeyringOptions,
   type KeyringStats,
   type PrefetchResult,
+  type KeyStoreOptions,
 } from './keys/keyring.ts';
 export {
   type LifecycleOptions,

@@ -503,7 +503,8 @@ describe.each(DRIVERS)('blind indexes on %s', (driver) => {
 
     // Lookup params stay sealed until execution: nothing to log, nothing to serialize.
     const { params } = e.db.select().from(u).where(eq(u.email, secret)).toSQL();
-    expect(params.length).toBe(3);
+    // tenant, sealed index value, index version, then the scope tenant twice (tenant isolation)
+    expect(params.length).toBe(5);
     expect(inspect(params)).not.toContain('secret-plaintext');
     expect(inspect(params)).toContain('sealed blind index users.email_idx');
     expect(() => JSON.stringify(params)).toThrow(PlaceholderLeakError);
@@ -748,11 +749,12 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
     // the statement the middleware sends, with the values it computes
     const q = e.db.select({ id: u.id }).from(u).where(eq(u.email, 'needle3@x.io'));
     const { sql: text } = q.toSQL();
+    // the lookup, then the tenant isolation predicate (the scope's tenant, filled at execution)
     expect(text).toMatch(
-      / where \(("[^"]+"\.)*"tenant_id" = \$1 and ("[^"]+"\.)*"email_idx" in \(\$2, \$3\)\)$/,
+      / where \(\(\(("[^"]+"\.)*"tenant_id" = \$1 and ("[^"]+"\.)*"email_idx" in \(\$2, \$3\)\)\) and \(\(("[^"]+"\.)*"tenant_id" = \$4 or \$5::text is null\)\)\)$/,
     );
     const { email_idx: v } = await blindIndexValues(e.keyring, u, T, { email: 'needle3@x.io' });
-    const plan = (await e.tdb.raw<Record<string, string>>(`explain ${text}`, [T, v, v]))
+    const plan = (await e.tdb.raw<Record<string, string>>(`explain ${text}`, [T, v, v, T, T]))
       .map((r) => Object.values(r)[0])
       .join('\n');
     expect(plan).toMatch(/Index (Only )?Scan|Bitmap Index Scan/);

@@ -148,6 +148,13 @@ describe(`drizzle-byok CLI (spawned; ${DATABASE_URL ? 'PostgreSQL' : 'PGlite dat
     const misplaced = await cli(['migrate', 'verify', '--yes', '--config', CONFIG], env);
     expect(misplaced.code).toBe(2);
     expect(misplaced.stderr).toMatch(/migrate verify does not take --yes/);
+    // tenant ids: the same rule as everywhere else, before any configuration is loaded
+    const long = await cli(['keys', 'status', 'x'.repeat(300)], env, { cwd: tmpdir() });
+    expect(long.code).toBe(2);
+    expect(long.stderr).toMatch(/is longer than 255 characters/);
+    const ctl = await cli(['keys', 'health', '--tenant', 'a\u0007b'], env, { cwd: tmpdir() });
+    expect(ctl.code).toBe(2);
+    expect(ctl.stderr).toMatch(/contains control characters/);
   });
 
   it('explains configuration errors: missing file, invalid exports (text and --json)', async () => {
@@ -264,7 +271,7 @@ describe(`drizzle-byok CLI (spawned; ${DATABASE_URL ? 'PostgreSQL' : 'PGlite dat
     const re = await cli(['migrate', 'run', '--json', '--no-progress', ...c], env);
     expect(re.code).toBe(0);
     expect(json(re).results.reduce((n: number, r: any) => n + r.reencrypted, 0)).toBe(staleCount);
-  });
+  }, 150_000); // spawns the CLI a dozen times: slow on a busy shared machine
 
   it('keys: enable BYOK with a local AWS KMS, health (exit 3 when a key is disabled), rotate KEK, disable, shred', async () => {
     const c = ['--config', CONFIG];

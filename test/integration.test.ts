@@ -467,13 +467,18 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
     await expect(
       withTenant(B, () => e.db.insert(p).values({ tenantId: A, name: 'wrong tenant' })),
     ).rejects.toBeInstanceOf(TenantMismatchError);
-    await expect(withTenant(B, () => e.db.select().from(p).where(eq(p.tenantId, A)))).rejects.toBeInstanceOf(
-      DecryptionFailedError,
+    // another tenant's rows are not returned in a tenant's scope (the query is scoped) ...
+    expect(await withTenant(B, () => e.db.select().from(p).where(eq(p.tenantId, A)))).toEqual([]);
+    // ... and a ciphertext of A moved into a row of B is refused, warm and cold
+    const [src] = await e.tdb.raw<{ name: Buffer }>(
+      `select name from "${e.s.name}".patients where tenant_id = $1 limit 1`,
+      [A],
     );
+    await e.tdb.raw(`insert into "${e.s.name}".patients (tenant_id, name) values ($1, $2)`, [B, src!.name]);
+    await expect(withTenant(B, () => e.db.select().from(p))).rejects.toBeInstanceOf(DecryptionFailedError);
     e.keyring.clearCache();
-    await expect(withTenant(B, () => e.db.select().from(p).where(eq(p.tenantId, A)))).rejects.toBeInstanceOf(
-      DecryptionFailedError,
-    );
+    await expect(withTenant(B, () => e.db.select().from(p))).rejects.toBeInstanceOf(DecryptionFailedError);
+    await e.tdb.raw(`delete from "${e.s.name}".patients where tenant_id = $1`, [B]);
     // nothing leaked into the table from the refused statements
     const leaked = await e.tdb.raw<{ n: number }>(
       `select count(*)::int as n from "${e.s.name}".patients where encode(name, 'escape') like '%wrong tenant%'`,

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { KeyNotFoundError } from '../errors.ts';
+import { assertTenantId } from '../drizzle/scope.ts';
 import { verifyKek } from '../keys/lifecycle.ts';
 import type { TenantStatus } from '../keys/lifecycle.ts';
 import type { Kek } from '../kms/kek.ts';
@@ -9,6 +10,19 @@ import { onboardCommand, rewrapMovedCommand, rewrapPlatformCommand } from './key
 import type { LoadedConfig } from './config.ts';
 
 export async function keysCommand(sub: string, ctx: Context): Promise<number> {
+  // Tenant ids follow the one rule of every other path, checked before anything is loaded.
+  for (const [what, ids] of [
+    ['tenant id', ctx.args],
+    ['--tenant', (ctx.flags.tenant as readonly string[] | undefined) ?? []],
+  ] as const) {
+    for (const id of ids) {
+      try {
+        assertTenantId(id, `${what} "${id.length > 40 ? `${id.slice(0, 40)}…` : id}"`);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+    }
+  }
   if (sub === 'onboard') return onboardCommand(ctx);
   if (sub === 'rewrap-platform') return rewrapPlatformCommand(ctx);
   const loaded = await ctx.config();

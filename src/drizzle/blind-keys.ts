@@ -85,7 +85,7 @@ export class BlindKeyRegistry {
 
   constructor(keyring: Keyring) {
     this.keyring = keyring;
-    this.#singleConnection = isSingleConnection(keyring.db);
+    this.#singleConnection = keyring.storeInTransaction;
     keyring.onEvent((e) => {
       if (e.type === 'invalidation') this.dropTenant(e.tenantId);
     });

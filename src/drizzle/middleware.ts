@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
 import { ByokConfigError, DecryptionFailedError, TenantMismatchError } from '../errors.ts';
 import { type AnyPgDatabase, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
@@ -19,17 +20,43 @@ import {
 } from './columns.ts';
 import { guardSql, installGuard } from './guard.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
-import { scopeStorage } from './scope.ts';
+import { assertPgDatabase } from './pg.ts';
+import { type RlsOptions, rlsStatements } from './rls.ts';
+import { wrappedWith } from './blind-index.ts';
+import type { RlsConfig } from './rls.ts';
+import { assertTenantId, scopeStorage } from './scope.ts';
 import { nestedSql } from './sql-walk.ts';
+import {
+  checkTenantColumn,
+  collectChecks,
+  instrumentCount,
+  instrumentTenantIsolation,
+  runChecks,
+  SCOPE_PLACEHOLDER,
+  type TenantCheck,
+} from './tenant-isolation.ts';
 
 export interface WithEncryptionOptions {
   /**
-   * Database name of the tenant column (e.g. `'tenant_id'`). When set, every inserted row that has
-   * this column and encrypted values is encrypted under that row's tenant, and a row whose tenant
-   * differs from the tenant in scope is refused with `TenantMismatchError`. Default: none (the tenant
-   * comes from `withTenant` only).
+   * The tenant column, by database name (`'tenant_id'`) or property name (`'tenantId'`). When set:
+   * - inside `withTenant(t)`, every query on a table that has this column reads, updates, deletes,
+   *   upserts and copies only tenant `t`'s rows (a bound-parameter predicate on every table reference:
+   *   FROM, joins, subqueries, CTEs, set operations, `$count`, relational queries at every level);
+   * - every row written gets tenant `t`, or is refused with `TenantMismatchError`;
+   * - each inserted row's encrypted values are encrypted under that row's tenant (batches across
+   *   tenants work in `withAnyTenant`, which turns the predicate off).
+   * With a schema given to `drizzle(...)`, every table with encrypted columns must have the column
+   * (else `ByokConfigError` listing the candidates). Default: none (the tenant comes from
+   * `withTenant` only and queries are not scoped).
    */
   tenantColumn?: string;
+  /**
+   * Database-enforced isolation (PostgreSQL row-level security) in addition to the query scoping:
+   * the middleware runs every query inside `withTenant(t)` in a transaction that has set
+   * `set_config(rls.setting, t, true)`, which the policies from `tenantPolicy(...)` compare with.
+   * Covers raw `db.execute(sql...)` too. See docs/security.md. Default: off.
+   */
+  rls?: RlsOptions | boolean;
 }
 
 const WRAPPED = Symbol.for('drizzle-byok:wrapped');
@@ -77,24 +104,46 @@ export function withEncryption<TDb extends AnyPgDatabase>(
       'withEncryption(db, keyring): db must be a Drizzle PostgreSQL database (drizzle(...))',
     );
   }
+  assertPgDatabase(d, 'withEncryption(db, keyring)');
   if (keyring === undefined || !isKeyring(keyring)) {
     throw new ByokConfigError('withEncryption(db, keyring): keyring must come from createKeyring(...)');
   }
   const tenantColumn = options.tenantColumn;
   if (tenantColumn !== undefined && (typeof tenantColumn !== 'string' || tenantColumn.length === 0)) {
     throw new ByokConfigError(
-      'withEncryption: tenantColumn must be the database name of a column, e.g. "tenant_id"',
+      'withEncryption: tenantColumn must name a column (database or property name), e.g. "tenant_id"',
     );
   }
-  const existing = d.dialect[WRAPPED];
-  if (existing !== undefined) {
-    if (existing !== keyring)
-      throw new ByokConfigError('this Drizzle instance is already wrapped with another keyring');
-    return db;
+  const rls = rlsStatements(options.rls);
+  if (rls !== undefined && tenantColumn === undefined) {
+    throw new ByokConfigError('withEncryption: rls needs tenantColumn (the column the policies compare)');
   }
-  instrumentDialect(d.dialect, keyring, tenantColumn);
-  instrumentSession(d.session, keyring, undefined);
+  if (tenantColumn !== undefined) checkTenantColumn(schemaTables(d), tenantColumn);
+  // withReplicas(primary, replicas): the object shares the primary's dialect and session; every
+  // replica is a Drizzle instance of its own and is instrumented the same way.
+  const replicas = (d as { $replicas?: unknown }).$replicas;
+  const targets: MutableDb[] = [d, ...(Array.isArray(replicas) ? (replicas as MutableDb[]) : [])];
+  for (const t of targets) {
+    if (t !== d) assertPgDatabase(t, 'withEncryption: a replica');
+    const existing = t.dialect[WRAPPED];
+    if (existing !== undefined) {
+      if (existing !== keyring)
+        throw new ByokConfigError('this Drizzle instance is already wrapped with another keyring');
+      continue;
+    }
+    instrumentDialect(t.dialect, keyring, tenantColumn);
+    instrumentSession(t.session, keyring, undefined, rls);
+    if (tenantColumn !== undefined) instrumentCount(t, tenantColumn);
+  }
+  const primary = (d as { $primary?: MutableDb }).$primary;
+  if (primary !== undefined && tenantColumn !== undefined) instrumentCount(primary, tenantColumn);
   return db;
+}
+
+/** Tables of the schema given to `drizzle(client, { schema })`, if any. */
+function schemaTables(d: MutableDb): unknown[] {
+  const full = (d as { _?: { fullSchema?: Record<string, unknown> } })._?.fullSchema;
+  return full === undefined ? [] : Object.values(full);
 }
 
 // -----------------------------------------------------------------------------------------------
@@ -113,11 +162,14 @@ function instrumentDialect(
     const restore = rewriteBlindLookups(sqlObj, tenantColumn);
     try {
       inspectChunks(sqlObj.queryChunks, ctx, tenantColumn);
-      return inBuildContext(ctx, () => original.call(this, sqlObj, invokeSource));
+      const query = inBuildContext(ctx, () => original.call(this, sqlObj, invokeSource));
+      if (tenantColumn !== undefined) attachTenantChecks(query, collectChecks(sqlObj));
+      return query;
     } finally {
       restore();
     }
   };
+  if (tenantColumn !== undefined) instrumentTenantIsolation(dialect, tenantColumn);
   instrumentBlindWrites(dialect, keyring, tenantColumn);
   installGuard(dialect, tenantColumn);
   Object.defineProperty(dialect, WRAPPED, { value: keyring });
@@ -163,10 +215,11 @@ function collectRowTenant(row: readonly unknown[], ctx: BuildContext, tenantColu
       firstEncoder ??= p.encoder;
     }
     if (encryptedState(p.encoder) !== undefined) encrypted = true;
-    else if ((p.encoder as { name?: unknown } | undefined)?.name === tenantColumn && is(p.encoder, Column))
-      tenant = p;
+    else if (isTenantColumn(p.encoder, tenantColumn)) tenant = p;
   }
-  if (columns < 2 || tenant === undefined || typeof tenant.value !== 'string') return;
+  if (columns < 2 || tenant === undefined || tenant.value === null || tenant.value === undefined) return;
+  if (is(tenant.value, Placeholder)) return; // checked when the statement executes
+  assertTenantId(tenant.value, `the tenant column ${tenantColumn} of a row`);
   const rowTenant = tenant.value;
   const scoped = scopeStorage.getStore()?.tenantId;
   if (typeof scoped === 'string' && scoped !== rowTenant) {
@@ -187,17 +240,98 @@ function collectRowTenant(row: readonly unknown[], ctx: BuildContext, tenantColu
   }
 }
 
+/** The tenant column by database name, or by property name on its table. */
+function isTenantColumn(encoder: unknown, tenantColumn: string): boolean {
+  if (!is(encoder, Column)) return false;
+  const c = encoder as Column;
+  if (c.name === tenantColumn) return true;
+  const columns = (c.table as unknown as Record<symbol, Record<string, Column> | undefined>)[
+    Symbol.for('drizzle:Columns')
+  ];
+  return columns?.[tenantColumn] === c || columns?.[tenantColumn]?.name === c.name;
+}
+
+// -----------------------------------------------------------------------------------------------
+// Tenant checks carried from the built SQL to execution
+
+const TENANT_CHECKS: unique symbol = Symbol('drizzle-byok:query-tenant-checks') as never;
+
+function attachTenantChecks(query: Query, checks: TenantCheck[]): void {
+  if (checks.length > 0) Object.defineProperty(query, TENANT_CHECKS, { value: checks, enumerable: false });
+}
+
+/** What a statement needs from the scope it executes in: the scope tenant, write checks. */
+interface TenantNeeds {
+  readonly scope: boolean;
+  readonly checks: readonly TenantCheck[];
+}
+
+function tenantNeeds(query: Query): TenantNeeds | undefined {
+  const checks = (query as { [TENANT_CHECKS]?: TenantCheck[] })[TENANT_CHECKS] ?? [];
+  let scope = false;
+  for (const p of query.params) {
+    const ph = is(p, Param) ? (p as Param).value : p;
+    if (is(ph, Placeholder) && (ph as Placeholder).name === SCOPE_PLACEHOLDER) {
+      scope = true;
+      break;
+    }
+  }
+  return scope || checks.length > 0 ? { scope, checks } : undefined;
+}
+
+/** Fills the scope tenant into the placeholder values and checks written tenants. */
+function applyTenant(
+  needs: TenantNeeds,
+  placeholderValues: Record<string, unknown> | undefined,
+): { values: Record<string, unknown>; rowTenants: Map<Param, string> | undefined } {
+  const values = { ...placeholderValues };
+  if (needs.scope) {
+    const t = scopeStorage.getStore()?.tenantId;
+    values[SCOPE_PLACEHOLDER] = typeof t === 'string' ? t : null;
+  }
+  return { values, rowTenants: runChecks(needs.checks, values) };
+}
+
 // -----------------------------------------------------------------------------------------------
 // Session: prepared queries, transactions, savepoints
 
-function instrumentSession(session: Session, keyring: Keyring, txDb: AnyPgDatabase | undefined): void {
+function instrumentSession(
+  session: Session,
+  keyring: Keyring,
+  txDb: AnyPgDatabase | undefined,
+  rls: RlsConfig | undefined,
+): void {
   if (session[WRAPPED] !== undefined) return;
   Object.defineProperty(session, WRAPPED, { value: keyring });
   const prepareQuery = session.prepareQuery;
+  const base = session;
   session.prepareQuery = function (this: Session, query: Query, ...rest: unknown[]): Prepared {
     const prepared = prepareQuery.call(this, query, ...rest);
     const reprepare = (params: unknown[]) => prepareQuery.call(this, { ...query, params }, ...rest);
-    return instrumentPrepared(prepared, query, reprepare, keyring, txDb);
+    const rlsRun: RlsRun | undefined =
+      rls === undefined
+        ? undefined
+        : {
+            rls,
+            setConfig: (tenant) =>
+              prepareQuery
+                .call(
+                  base,
+                  { sql: 'select set_config($1, $2, true)', params: [rls.setting, tenant] },
+                  undefined,
+                )
+                .execute() as Promise<unknown>,
+            inTransaction: (method, values, token) =>
+              (base.transaction as NonNullable<Session['transaction']>)(async (tx) => {
+                const inner = (tx as Tx).session.prepareQuery(query, ...rest);
+                return (inner[method] as Prepared['execute']).call(
+                  inner,
+                  values as Record<string, unknown> | undefined,
+                  token,
+                );
+              }),
+          };
+    return instrumentPrepared(prepared, query, reprepare, keyring, txDb, rlsRun, base);
   };
   const transaction = session.transaction;
   if (typeof transaction === 'function') {
@@ -205,8 +339,9 @@ function instrumentSession(session: Session, keyring: Keyring, txDb: AnyPgDataba
       return transaction.call(
         this,
         (tx: unknown) => {
-          instrumentTransaction(tx as Tx, keyring);
-          return cb(tx);
+          instrumentTransaction(tx as Tx, keyring, rls);
+          if (txDb === undefined) keyring.openTransaction(tx as AnyPgDatabase, undefined);
+          return txStorage.run({ tx: tx as AnyPgDatabase, session: (tx as Tx).session }, () => cb(tx));
         },
         config,
       );
@@ -214,17 +349,39 @@ function instrumentSession(session: Session, keyring: Keyring, txDb: AnyPgDataba
   }
 }
 
-function instrumentTransaction(tx: Tx, keyring: Keyring): void {
-  instrumentSession(tx.session, keyring, tx as unknown as AnyPgDatabase);
+function instrumentTransaction(tx: Tx, keyring: Keyring, rls: RlsConfig | undefined): void {
+  instrumentSession(tx.session, keyring, tx as unknown as AnyPgDatabase, rls);
   if (tx[WRAPPED] !== undefined) return;
   Object.defineProperty(tx, WRAPPED, { value: keyring });
+  const tenantColumn = wrappedTenantColumn(tx);
+  if (tenantColumn !== undefined) instrumentCount(tx, tenantColumn);
   const transaction = tx.transaction;
   tx.transaction = function (this: Tx, cb) {
-    return transaction.call(this, (inner: unknown) => {
-      instrumentTransaction(inner as Tx, keyring);
-      return cb(inner);
-    });
+    let savepoint: AnyPgDatabase | undefined;
+    return transaction
+      .call(this, (inner: unknown) => {
+        savepoint = inner as AnyPgDatabase;
+        instrumentTransaction(inner as Tx, keyring, rls);
+        keyring.openTransaction(savepoint, this as unknown as AnyPgDatabase);
+        return txStorage.run({ tx: savepoint, session: (inner as Tx).session }, () => cb(inner));
+      })
+      .then(
+        (r) => {
+          // Released: keys the savepoint created now belong to the enclosing transaction.
+          if (savepoint !== undefined) keyring.releaseTransaction(savepoint);
+          rlsTenantOf.delete(this as unknown as object);
+          return r;
+        },
+        (e) => {
+          rlsTenantOf.delete(this as unknown as object);
+          throw e;
+        },
+      );
   };
+}
+
+function wrappedTenantColumn(db: unknown): string | undefined {
+  return wrappedWith(db as AnyPgDatabase)?.tenantColumn;
 }
 
 /** What a prepared query needs before it can run: pending encryptions and encrypted placeholders. */
@@ -237,14 +394,41 @@ function needsParams(params: readonly unknown[]): boolean {
   return false;
 }
 
+interface RlsRun {
+  readonly rls: RlsConfig;
+  /** Sets the tenant setting for the rest of the current transaction (on this session). */
+  setConfig(tenant: string): Promise<unknown>;
+  /** Outside a transaction: runs the statement in one of its own, after setting the tenant. */
+  inTransaction(method: 'execute' | 'all' | 'values', values: unknown, token: unknown): Promise<unknown>;
+}
+
+/** The tenant setting last made in each transaction or savepoint (RLS mode). */
+const rlsTenantOf = new WeakMap<object, string>();
+
+/**
+ * The innermost transaction (or savepoint) the current code runs in, with its session. Savepoints
+ * share their transaction's session, and a node-postgres `Client`'s transactions share the
+ * database's: a statement belongs to this transaction when it runs on the same session.
+ */
+const txStorage = new AsyncLocalStorage<{ tx: AnyPgDatabase; session: Session }>();
+
+/** The transaction a statement prepared on `session` runs in, if any. */
+function transactionOf(session: Session, bound: AnyPgDatabase | undefined): AnyPgDatabase | undefined {
+  const active = txStorage.getStore();
+  return active !== undefined && active.session === session ? active.tx : bound;
+}
+
 function instrumentPrepared(
   prepared: Prepared,
   query: Query,
   reprepare: (params: unknown[]) => Prepared,
   keyring: Keyring,
   txDb: AnyPgDatabase | undefined,
+  rlsRun: RlsRun | undefined,
+  session: Session,
 ): Prepared {
   const needs = needsParams(query.params);
+  const tenant = tenantNeeds(query);
   for (const method of ['execute', 'all', 'values'] as const) {
     const original = prepared[method];
     if (typeof original !== 'function') continue;
@@ -253,13 +437,30 @@ function instrumentPrepared(
       placeholderValues?: Record<string, unknown>,
       token?: unknown,
     ) {
+      const tx = transactionOf(session, txDb);
+      if (rlsRun !== undefined) {
+        const t = scopeStorage.getStore()?.tenantId;
+        if (typeof t === 'string') {
+          if (tx === undefined) return rlsRun.inTransaction(method, placeholderValues, token);
+          if (rlsTenantOf.get(tx) !== t) {
+            return rlsRun.setConfig(t).then(() => {
+              rlsTenantOf.set(tx, t);
+              return (this[method] as Prepared['execute']).call(this, placeholderValues, token);
+            });
+          }
+        }
+      }
       return runQuery(
         keyring,
         async (ctx) => {
           let target: Prepared = this;
           let values = placeholderValues;
+          let rowTenants: Map<Param, string> | undefined;
+          if (tenant !== undefined) ({ values, rowTenants } = applyTenant(tenant, placeholderValues));
           if (needs) {
-            target = reprepare(await resolveParams(keyring, query.params, placeholderValues ?? {}, txDb));
+            target = reprepare(
+              await resolveParams(keyring, query.params, values ?? {}, ctx.txDb, rowTenants),
+            );
             values = {};
           }
           const fn = target === this ? original : (target[method] as typeof original);
@@ -271,7 +472,7 @@ function instrumentPrepared(
           }
           return ctx.pending.length === 0 ? result : resolveReads(keyring, ctx, result);
         },
-        txDb,
+        tx,
       );
     } as Prepared['execute'];
   }
@@ -296,14 +497,19 @@ export function runQuery<T>(
   return scopeStorage.run(ctx, () => fn(ctx));
 }
 
-/** Fills placeholders (encrypting encrypted ones) and finishes pending encryptions. Never mutates `params`. */
+/**
+ * Fills placeholders (encrypting encrypted ones) and finishes pending encryptions. Never mutates
+ * `params`. `rowTenants`: the tenant of encrypted placeholders whose row has a tenant placeholder.
+ */
 async function resolveParams(
   keyring: Keyring,
   params: readonly unknown[],
   values: Record<string, unknown>,
   txDb: AnyPgDatabase | undefined,
+  rowTenants?: Map<Param, string>,
 ): Promise<unknown[]> {
-  const filled = inBuildContext({ keyring, rowTenants: [], cursor: 0 }, () =>
+  const build: BuildContext = { keyring, rowTenants: [], cursor: 0 };
+  const filled = inBuildContext(build, () =>
     params.map((p) => {
       if (p instanceof Placeholder) {
         if (!(p.name in values)) throw new ByokConfigError(`no value for placeholder "${p.name}"`);
@@ -313,7 +519,13 @@ async function resolveParams(
         const name = p.value.name;
         if (!(name in values)) throw new ByokConfigError(`no value for placeholder "${name}"`);
         const v = values[name];
-        return v === null || v === undefined ? null : p.encoder.mapToDriverValue(v);
+        if (v === null || v === undefined) return null;
+        const rowTenant = rowTenants?.get(p);
+        if (rowTenant === undefined) return p.encoder.mapToDriverValue(v);
+        build.rowTenants.length = 0;
+        build.rowTenants.push({ value: v, tenantId: rowTenant });
+        build.cursor = 0;
+        return p.encoder.mapToDriverValue(v);
       }
       return p;
     }),

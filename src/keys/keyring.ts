@@ -23,9 +23,11 @@ import {
   KeyNotFoundError,
   KmsIntegrityError,
   KmsThrottledError,
+  KeyStoreBusyError,
   KmsUnavailableError,
   TenantShreddedError,
 } from '../errors.ts';
+import { assertPgDatabase } from '../drizzle/pg.ts';
 import type { Kek, KekConfig, KekFactory, WrapContext } from '../kms/kek.ts';
 import { DekCache, type DekCacheOptions, type DekEntry, dekMaterial } from './cache.ts';
 import type { ByokEvent, ByokEventListener } from './events.ts';
@@ -81,6 +83,36 @@ export interface KeyringOptions {
    * key is noticed within one interval. `false`: `startListening()` starts none.
    */
   heartbeat?: HeartbeatOptions | false;
+  /**
+   * The keyring's connection budget for key store work, so that no pool size, driver or concurrency
+   * can make a key load wait forever.
+   */
+  keyStore?: KeyStoreOptions;
+  /**
+   * The client `startListening()` LISTENs on, when the app's connections go through a pooler in
+   * transaction mode (PgBouncer), where LISTEN does not work: a direct connection, e.g.
+   * `postgres(DIRECT_URL, { max: 1 })`, `new pg.Client(DIRECT_URL)` or a `pg.Pool`. Default: a
+   * connection of its own opened from `db`'s client configuration (never one of the app's).
+   */
+  listenClient?: unknown;
+}
+
+export interface KeyStoreOptions {
+  /**
+   * A Drizzle database of its own for key store work (its own small pool or a direct connection):
+   * data keys are then loaded and created there, committed independently of the caller's
+   * transactions. Default: `db`; then key loads made inside a transaction read through that
+   * transaction, and a tenant's first data key created inside one is written in it (a savepoint),
+   * used only by that transaction until it commits, and gone with it on rollback.
+   */
+  db?: AnyPgDatabase;
+  /** Most key store queries in flight at once outside transactions. Default 4. */
+  maxConcurrent?: number;
+  /**
+   * Longest wait, in ms, for a key store query (a slot in the budget, then the query itself) before
+   * it fails with `KeyStoreBusyError`. Default 10,000.
+   */
+  waitTimeoutMs?: number;
 }
 
 /** PostgreSQL NOTIFY channel on which instances tell each other to drop a tenant's cached keys. */
@@ -182,9 +214,28 @@ export class Keyring {
   #heartbeat: Heartbeat | undefined;
   /** @internal Tenants refused by their KMS that this instance was serving: probed until they recover. */
   readonly watchedTenants = new Set<string>();
+  /** Reads of the key store outside transactions (a replica when `db` is `withReplicas(...)`). */
+  readonly #readDb: AnyPgDatabase;
+  /** Writes and transactions of the key store (the primary). */
+  readonly #writeDb: AnyPgDatabase;
+  readonly #ownStore: boolean;
+  readonly #budget: Budget;
+  readonly #listenClient: unknown;
+  readonly #txKeys = new WeakMap<object, TxKeys>();
 
   constructor(options: KeyringOptions) {
     validateKeyringOptions(options);
+    assertPgDatabase(options.db, 'createKeyring');
+    const ks = options.keyStore ?? {};
+    if (ks.db !== undefined) assertPgDatabase(ks.db, 'createKeyring: `keyStore.db`');
+    this.#ownStore = ks.db !== undefined && ks.db !== options.db;
+    this.#readDb = ks.db ?? options.db;
+    this.#writeDb = (this.#readDb as { $primary?: AnyPgDatabase }).$primary ?? this.#readDb;
+    this.#budget = new Budget(
+      positiveInt(ks.maxConcurrent ?? 4, 'keyStore.maxConcurrent'),
+      positiveInt(ks.waitTimeoutMs ?? 10_000, 'keyStore.waitTimeoutMs'),
+    );
+    this.#listenClient = options.listenClient;
     this.db = options.db;
     this.#platformKek = options.platformKek;
     this.#previousPlatform = new Map((options.previousPlatformKeks ?? []).map((k) => [k.keyRef, k]));
@@ -232,7 +283,7 @@ export class Keyring {
 
   /** Creates the key store tables if they do not exist (runs the shipped SQL migration). */
   async installKeyStore(): Promise<void> {
-    await installKeyStore(this.db).catch(rethrowStoreError);
+    await installKeyStore(this.#writeDb).catch(rethrowStoreError);
   }
 
   /** Runs `fn` with `tenantId` in scope (same as the standalone `withTenant`). */
@@ -296,6 +347,36 @@ export class Keyring {
     return this.#singleConnection;
   }
 
+  /**
+   * True when key store work made for a query inside a transaction runs in that transaction (no
+   * `keyStore.db` of its own): it never needs a second connection the transaction could wait on.
+   */
+  get storeInTransaction(): boolean {
+    return !this.#ownStore;
+  }
+
+  /** @internal A transaction (or savepoint) began: keys it creates stay its own until it commits. */
+  openTransaction(tx: AnyPgDatabase, parent: AnyPgDatabase | undefined): void {
+    const p = parent === undefined ? undefined : this.#txKeys.get(parent);
+    this.#txKeys.set(tx, { parent: p, byId: new Map(), active: new Map() });
+  }
+
+  /** @internal A savepoint was released: its keys belong to the enclosing transaction. */
+  releaseTransaction(tx: AnyPgDatabase): void {
+    const k = this.#txKeys.get(tx);
+    if (k?.parent === undefined) return;
+    for (const [id, e] of k.byId) k.parent.byId.set(id, e);
+    for (const [t, e] of k.active) k.parent.active.set(t, e);
+  }
+
+  #txHit(txDb: AnyPgDatabase, key: { id: string } | { tenantId: string }): DekEntry | undefined {
+    for (let k = this.#txKeys.get(txDb); k !== undefined; k = k.parent) {
+      const e = 'id' in key ? k.byId.get(key.id) : k.active.get(key.tenantId);
+      if (e !== undefined) return e;
+    }
+    return undefined;
+  }
+
   /** @internal counts a field served from the cache without waiting. */
   countHotHit(): void {
     this.#stats.hotHits++;
@@ -337,7 +418,7 @@ export class Keyring {
       return Promise.resolve(hit);
     }
     this.emit({ type: 'cache', outcome: 'miss', dekId: id });
-    if (txDb !== undefined && this.#singleConnection)
+    if (txDb !== undefined && !this.#ownStore)
       return this.#loadInTransaction(txDb, { id }).catch(rethrowStoreError);
     return shareInFlight(this.#inflightDek, id, () => this.#dekLoader.load(id).catch(rethrowStoreError));
   }
@@ -347,8 +428,9 @@ export class Keyring {
    * Used by blind indexes (index keys are derived from a chosen DEK version) and re-encryption.
    */
   async #getDekVersion(tenantId: string, version: number, txDb?: AnyPgDatabase): Promise<DekEntry> {
+    const inTx = txDb !== undefined && !this.#ownStore;
     const [row] = await this.#store(() =>
-      (txDb !== undefined && this.#singleConnection ? txDb : this.db)
+      (inTx ? txDb : this.#readDb)
         .select({ id: byokDeks.id })
         .from(byokDeks)
         .where(and(eq(byokDeks.tenantId, tenantId), eq(byokDeks.version, version))),
@@ -389,7 +471,7 @@ export class Keyring {
       return Promise.resolve(hit);
     }
     this.emit({ type: 'cache', outcome: 'miss', tenantId, dekId: 'active' });
-    if (txDb !== undefined && this.#singleConnection)
+    if (txDb !== undefined && !this.#ownStore)
       return this.#loadInTransaction(txDb, { tenantId }).catch(rethrowStoreError);
     return shareInFlight(this.#inflightActive, tenantId, () =>
       this.#activeLoader.load(tenantId).catch(rethrowStoreError),
@@ -416,8 +498,7 @@ export class Keyring {
       return Promise.resolve(hit);
     }
     this.emit({ type: 'cache', outcome: 'miss', tenantId, dekId: id });
-    if (txDb !== undefined && this.#singleConnection)
-      return this.#loadInTransaction(txDb, { id, owner: tenantId });
+    if (txDb !== undefined && !this.#ownStore) return this.#loadInTransaction(txDb, { id, owner: tenantId });
     const key = `${tenantId}\u0000${id}`;
     return shareInFlight(this.#inflightRead, key, () => this.#readLoader.load(key));
   }
@@ -645,22 +726,31 @@ export class Keyring {
       o: this.instanceId,
       ...(keyRef ? { k: keyRef } : {}),
     });
-    await this.#store(() => db.execute(sql`select pg_notify(${INVALIDATION_CHANNEL}, ${payload})`));
+    await this.#store(
+      () => db.execute(sql`select pg_notify(${INVALIDATION_CHANNEL}, ${payload})`),
+      !this.#isStoreDb(db),
+    );
   }
 
   /**
-   * Listens for invalidation notices from other instances (a dedicated connection for postgres.js
-   * and node-postgres; PGlite's own `listen`), and starts the key heartbeat (`startHeartbeat`,
-   * unless the keyring was created with `heartbeat: false`). Call once per process; `close()` stops
-   * both. The cache max age remains the backstop when a notice is lost (connection drop).
+   * Listens for invalidation notices from other instances, on a connection of its own: never one
+   * of the app's pool (a pool of one would be lost to it). postgres.js: its dedicated listener
+   * connection; node-postgres: a new client built from the pool's (or client's) configuration;
+   * PGlite: its own `listen`. With `listenClient` (e.g. a direct connection when the app's go through
+   * PgBouncer in transaction mode, where LISTEN is not delivered), that client is used instead.
+   * Also starts the key heartbeat (`startHeartbeat`, unless the keyring was created with
+   * `heartbeat: false`). Call once per process; `close()` stops both. The cache max age remains the backstop when a notice
+   * is lost (connection drop).
    */
   async startListening(): Promise<{ stop(): Promise<void> }> {
     if (this.#listener !== undefined) return this.#listener;
-    const client = (this.db as { $client?: unknown }).$client as Record<string, unknown> | undefined;
+    const given = this.#listenClient as Record<string, unknown> | undefined;
+    const client =
+      given ?? ((this.#writeDb as { $client?: unknown }).$client as Record<string, unknown> | undefined);
     const onPayload = (payload: string | undefined) => this.#onNotice(payload);
     let stop: () => Promise<void>;
     if (client !== undefined && typeof client.listen === 'function' && typeof client.unsafe === 'function') {
-      // postgres.js
+      // postgres.js: `listen` opens a dedicated connection (not one of the pool's)
       const sub = (await (
         client.listen as (c: string, fn: (p: string) => void) => Promise<{ unlisten(): Promise<void> }>
       )(INVALIDATION_CHANNEL, onPayload)) as { unlisten(): Promise<void> };
@@ -677,10 +767,10 @@ export class Keyring {
       typeof client.query === 'function'
     ) {
       // node-postgres Pool or Client
-      stop = await listenNodePg(client, onPayload);
+      stop = await listenNodePg(nodePgListenConnection(client, given !== undefined), onPayload);
     } else {
       throw new ByokConfigError(
-        'startListening: unsupported driver; use postgres.js, node-postgres or PGlite',
+        'startListening: unsupported driver; use postgres.js, node-postgres or PGlite (or pass listenClient)',
       );
     }
     this.#listener = {
@@ -744,17 +834,17 @@ export class Keyring {
       detail: { errorCode: e.code },
     }).catch(() => undefined);
     await this.#store(async () => {
-      await this.db
+      await this.#writeDb
         .update(byokTenants)
         .set({ health: 'error', lastError: `${e.code}: ${e.message}`, lastVerifiedAt: new Date() })
         .where(eq(byokTenants.tenantId, tenantId));
-      await this.db
+      await this.#writeDb
         .update(byokKeks)
         .set({ health: 'error', lastError: `${e.code}: ${e.message}`, lastVerifiedAt: new Date() })
         .where(
           and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.keyRef, keyRef), eq(byokKeks.state, 'active')),
         );
-      await this.notify(this.db, tenantId, 'revoked', keyRef);
+      await this.notify(this.#writeDb, tenantId, 'revoked', keyRef);
     }).catch(() => undefined);
   }
 
@@ -787,7 +877,7 @@ export class Keyring {
     if (this.#auditBuffer.length === 0) return;
     const batch = this.#auditBuffer;
     this.#auditBuffer = [];
-    await this.#store(() => this.db.insert(byokAudit).values(batch));
+    await this.#store(() => this.#writeDb.insert(byokAudit).values(batch));
   }
 
   toJSON(): unknown {
@@ -801,28 +891,35 @@ export class Keyring {
   // ---------------------------------------------------------------------------------------------
   // Loading
 
-  /** Store queries run outside any tenant scope of the caller and outside its query context. */
-  #store<T>(fn: () => PromiseLike<T>): Promise<T> {
+  /**
+   * Store queries run outside any tenant scope of the caller and outside its query context, within
+   * the keyring's connection budget (queries on a caller's transaction pass `inTx`: they need no
+   * connection of their own).
+   */
+  #store<T>(fn: () => PromiseLike<T>, inTx = false): Promise<T> {
     // Builders are lazy: start them inside `exit`, or they would run in the caller's scope.
-    return scopeStorage.exit(() => (start(fn()) as Promise<T>).catch(rethrowStoreError));
+    const run = () => scopeStorage.exit(() => (start(fn()) as Promise<T>).catch(rethrowStoreError));
+    return inTx ? run() : this.#budget.run(run);
   }
 
-  async #selectDeks(where: ReturnType<typeof eq>, db: AnyPgDatabase = this.db): Promise<DekRow[]> {
-    const rows = await this.#store(() =>
-      db
-        .select({
-          id: byokDeks.id,
-          tenantId: byokDeks.tenantId,
-          version: byokDeks.version,
-          state: byokDeks.state,
-          kekId: byokDekWraps.kekId,
-          kekRef: byokDekWraps.kekRef,
-          wrapped: byokDekWraps.wrapped,
-          wrappedBy: byokDekWraps.wrappedBy,
-        })
-        .from(byokDeks)
-        .leftJoin(byokDekWraps, eq(byokDekWraps.dekId, byokDeks.id))
-        .where(where),
+  async #selectDeks(where: ReturnType<typeof eq>, db: AnyPgDatabase = this.#readDb): Promise<DekRow[]> {
+    const rows = await this.#store(
+      () =>
+        db
+          .select({
+            id: byokDeks.id,
+            tenantId: byokDeks.tenantId,
+            version: byokDeks.version,
+            state: byokDeks.state,
+            kekId: byokDekWraps.kekId,
+            kekRef: byokDekWraps.kekRef,
+            wrapped: byokDekWraps.wrapped,
+            wrappedBy: byokDekWraps.wrappedBy,
+          })
+          .from(byokDeks)
+          .leftJoin(byokDekWraps, eq(byokDekWraps.dekId, byokDeks.id))
+          .where(where),
+      !this.#isStoreDb(db),
     );
     const byId = new Map<string, DekRow>();
     for (const r of rows) {
@@ -837,15 +934,21 @@ export class Keyring {
     return [...byId.values()];
   }
 
-  async #selectKeks(ids: readonly string[], db: AnyPgDatabase = this.db): Promise<Map<string, KekRow>> {
+  async #selectKeks(ids: readonly string[], db: AnyPgDatabase = this.#readDb): Promise<Map<string, KekRow>> {
     if (ids.length === 0) return new Map();
-    const rows = await this.#store(() =>
-      db
-        .select()
-        .from(byokKeks)
-        .where(inArray(byokKeks.id, [...ids])),
+    const rows = await this.#store(
+      () =>
+        db
+          .select()
+          .from(byokKeks)
+          .where(inArray(byokKeks.id, [...ids])),
+      !this.#isStoreDb(db),
     );
     return new Map(rows.map((r) => [r.id, r as KekRow]));
+  }
+
+  #isStoreDb(db: AnyPgDatabase): boolean {
+    return db === this.#readDb || db === this.#writeDb || db === this.db;
   }
 
   async #loadDeks(ids: readonly string[]): Promise<(DekEntry | Error)[]> {
@@ -854,6 +957,12 @@ export class Keyring {
     const unique = [...new Set(ids)];
     const valid = unique.filter(isUuid);
     const rows = valid.length === 0 ? [] : await this.#selectDeks(inArray(byokDeks.id, valid));
+    if (this.#writeDb !== this.#readDb && rows.length < valid.length) {
+      // A replica that has not seen a data key yet: ask the primary for the missing ones.
+      const found = new Set(rows.map((r) => r.id));
+      const missing = valid.filter((id) => !found.has(id));
+      rows.push(...(await this.#selectDeks(inArray(byokDeks.id, missing), this.#writeDb)));
+    }
     const entries = await this.#unwrapAll(rows);
     this.emit({ type: 'dek-batch', size: rows.length, latencyMs: performance.now() - started });
     return ids.map((id) => {
@@ -896,6 +1005,16 @@ export class Keyring {
     const rows = await this.#selectDeks(
       and(inArray(byokDeks.tenantId, unique), eq(byokDeks.state, 'active'))!,
     );
+    if (this.#writeDb !== this.#readDb && rows.length < unique.length) {
+      const found = new Set(rows.map((r) => r.tenantId));
+      const missing = unique.filter((t) => !found.has(t));
+      rows.push(
+        ...(await this.#selectDeks(
+          and(inArray(byokDeks.tenantId, missing), eq(byokDeks.state, 'active'))!,
+          this.#writeDb,
+        )),
+      );
+    }
     const entries = await this.#unwrapAll(rows);
     this.emit({ type: 'dek-batch', size: rows.length, latencyMs: performance.now() - started });
     const byTenant = new Map<string, DekEntry | Error>();
@@ -919,16 +1038,17 @@ export class Keyring {
   /** Unwraps every row (bounded concurrency); failures become Error values in the map. */
   async #unwrapAll(
     rows: readonly DekRow[],
-    db: AnyPgDatabase = this.db,
+    db: AnyPgDatabase = this.#readDb,
     cacheIt = true,
   ): Promise<Map<string, DekEntry | Error>> {
+    const inTx = !this.#isStoreDb(db);
     const out = new Map<string, DekEntry | Error>();
     const kekIds = new Set<string>();
     for (const r of rows) for (const w of r.wraps) if (w.kekId !== null) kekIds.add(w.kekId);
     const kekRows = await this.#selectKeks([...kekIds], db);
     await mapLimit(rows, this.#unwrapConcurrency, async (r) => {
       try {
-        out.set(r.id, await this.#unwrapRow(r, kekRows, cacheIt));
+        out.set(r.id, await this.#unwrapRow(r, kekRows, cacheIt, inTx));
       } catch (e) {
         out.set(r.id, asError(e));
       }
@@ -936,7 +1056,12 @@ export class Keyring {
     return out;
   }
 
-  async #unwrapRow(row: DekRow, kekRows: Map<string, KekRow>, cacheIt: boolean): Promise<DekEntry> {
+  async #unwrapRow(
+    row: DekRow,
+    kekRows: Map<string, KekRow>,
+    cacheIt: boolean,
+    inTx: boolean,
+  ): Promise<DekEntry> {
     if (row.state === 'destroyed' || row.wraps.length === 0) {
       throw new TenantShreddedError(
         `data key version ${row.version} of tenant ${row.tenantId} was destroyed`,
@@ -999,8 +1124,8 @@ export class Keyring {
         errors.push(e);
         if (isRevocation(e)) {
           // Record it before the query fails, so the tenant's status already shows it. Inside a
-          // transaction on a single-connection database the store is busy: record it afterwards.
-          if (cacheIt) await this.reportRevocation(row.tenantId, kek.keyRef, e);
+          // transaction the connection may be the only one: record it in the background.
+          if (!inTx) await this.reportRevocation(row.tenantId, kek.keyRef, e);
           else void this.reportRevocation(row.tenantId, kek.keyRef, e);
         }
         // Fail over to another KEK only when this one is unreachable; an explicit refusal stands.
@@ -1180,17 +1305,21 @@ export class Keyring {
   /** Active KEKs of a tenant (BYOK) or none (platform mode), plus tenant state. */
   async tenantKeks(
     tenantId: string,
-    db: AnyPgDatabase = this.db,
+    db: AnyPgDatabase = this.#writeDb,
   ): Promise<{ mode: string; state: string; keks: KekRow[] } | undefined> {
-    const [t] = await this.#store(() =>
-      db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId)),
+    const inTx = !this.#isStoreDb(db);
+    const [t] = await this.#store(
+      () => db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId)),
+      inTx,
     );
     if (t === undefined) return undefined;
-    const keks = await this.#store(() =>
-      db
-        .select()
-        .from(byokKeks)
-        .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active'))),
+    const keks = await this.#store(
+      () =>
+        db
+          .select()
+          .from(byokKeks)
+          .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active'))),
+      inTx,
     );
     return { mode: t.mode, state: t.state, keks: keks as KekRow[] };
   }
@@ -1226,10 +1355,11 @@ export class Keyring {
     tenantId: string,
     options: { rotate: boolean; db?: AnyPgDatabase; cache?: boolean },
   ): Promise<DekEntry> {
-    const db = options.db ?? this.db;
+    const db = options.db ?? this.#writeDb;
+    const inTx = !this.#isStoreDb(db);
     const cacheIt = options.cache ?? true;
     for (let attempt = 0; attempt < 5; attempt++) {
-      await this.#store(() => db.insert(byokTenants).values({ tenantId }).onConflictDoNothing());
+      await this.#store(() => db.insert(byokTenants).values({ tenantId }).onConflictDoNothing(), inTx);
       const t = await this.tenantKeks(tenantId, db);
       if (t?.state === 'shredded') {
         throw new TenantShreddedError(`tenant ${tenantId} was crypto-shredded: it cannot get new data keys`, {
@@ -1251,38 +1381,40 @@ export class Keyring {
         .map((k) => k.id)
         .sort()
         .join(',');
-      const outcome = await this.#store(() =>
-        db.transaction(async (tx): Promise<'retry' | { existing: string } | { created: number }> => {
-          await tx.execute(
-            sql`select pg_advisory_xact_lock(hashtextextended(${`byok:tenant:${tenantId}`}, 0))`,
-          );
-          const current = await tx
-            .select({ id: byokKeks.id })
-            .from(byokKeks)
-            .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active')));
-          if (
-            current
-              .map((k) => k.id)
-              .sort()
-              .join(',') !== kekSet
-          )
-            return 'retry';
-          const [active] = await tx
-            .select({ id: byokDeks.id, version: byokDeks.version })
-            .from(byokDeks)
-            .where(and(eq(byokDeks.tenantId, tenantId), eq(byokDeks.state, 'active')));
-          if (active !== undefined && !options.rotate) return { existing: active.id };
-          const [{ next } = { next: 1 }] = await tx
-            .select({ next: sql<number>`coalesce(max(${byokDeks.version}), 0) + 1`.mapWith(Number) })
-            .from(byokDeks)
-            .where(eq(byokDeks.tenantId, tenantId));
-          if (active !== undefined) {
-            await tx.update(byokDeks).set({ state: 'retired' }).where(eq(byokDeks.id, active.id));
-          }
-          await tx.insert(byokDeks).values({ id, tenantId, version: next, state: 'active' });
-          await tx.insert(byokDekWraps).values(wraps.map((w) => ({ dekId: id, ...w })));
-          return { created: next };
-        }),
+      const outcome = await this.#store(
+        () =>
+          db.transaction(async (tx): Promise<'retry' | { existing: string } | { created: number }> => {
+            await tx.execute(
+              sql`select pg_advisory_xact_lock(hashtextextended(${`byok:tenant:${tenantId}`}, 0))`,
+            );
+            const current = await tx
+              .select({ id: byokKeks.id })
+              .from(byokKeks)
+              .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active')));
+            if (
+              current
+                .map((k) => k.id)
+                .sort()
+                .join(',') !== kekSet
+            )
+              return 'retry';
+            const [active] = await tx
+              .select({ id: byokDeks.id, version: byokDeks.version })
+              .from(byokDeks)
+              .where(and(eq(byokDeks.tenantId, tenantId), eq(byokDeks.state, 'active')));
+            if (active !== undefined && !options.rotate) return { existing: active.id };
+            const [{ next } = { next: 1 }] = await tx
+              .select({ next: sql<number>`coalesce(max(${byokDeks.version}), 0) + 1`.mapWith(Number) })
+              .from(byokDeks)
+              .where(eq(byokDeks.tenantId, tenantId));
+            if (active !== undefined) {
+              await tx.update(byokDeks).set({ state: 'retired' }).where(eq(byokDeks.id, active.id));
+            }
+            await tx.insert(byokDeks).values({ id, tenantId, version: next, state: 'active' });
+            await tx.insert(byokDekWraps).values(wraps.map((w) => ({ dekId: id, ...w })));
+            return { created: next };
+          }),
+        inTx,
       );
       if (outcome === 'retry') {
         raw.fill(0);
@@ -1308,7 +1440,11 @@ export class Keyring {
     return this.#createDek(tenantId, { rotate: false });
   }
 
-  /** Loads (or creates) one data key through a transaction, without caching it. */
+  /**
+   * Loads (or creates) one data key through the caller's transaction. A key it creates stays the
+   * transaction's own (never cached) until the transaction ends; keys read from the store that
+   * were committed before are cached as usual.
+   */
   async #loadInTransaction(
     txDb: AnyPgDatabase,
     key: { id: string; owner?: string } | { tenantId: string },
@@ -1319,6 +1455,12 @@ export class Keyring {
         `data key ${key.id} does not exist in the key store (wrong database, or deleted)`,
       );
     }
+    const own = this.#txHit(txDb, key);
+    if (own !== undefined) {
+      if ('id' in key && key.owner !== undefined && own.tenantId !== key.owner)
+        throw new DecryptionFailedError({ tenantId: key.owner });
+      return own;
+    }
     const where =
       'id' in key
         ? key.owner === undefined
@@ -1328,14 +1470,31 @@ export class Keyring {
     const rows = await this.#selectDeks(where, txDb);
     const row = rows[0];
     if (row === undefined) {
-      if ('id' in key && key.owner !== undefined) throw new DecryptionFailedError({ tenantId: key.owner });
-      if ('id' in key)
+      if ('id' in key) {
+        // Committed after this transaction's snapshot (repeatable read), or only on the primary:
+        // ask the store (bounded by the budget; impossible on a single connection).
+        if (!this.#singleConnection) {
+          if (key.owner !== undefined) {
+            const k = `${key.owner}\u0000${key.id}`;
+            return shareInFlight(this.#inflightRead, k, () => this.#readLoader.load(k));
+          }
+          return shareInFlight(this.#inflightDek, key.id, () => this.#dekLoader.load(key.id));
+        }
+        if (key.owner !== undefined) throw new DecryptionFailedError({ tenantId: key.owner });
         throw new KeyNotFoundError(
           `data key ${key.id} does not exist in the key store (wrong database, or deleted)`,
         );
-      return this.#createDek(key.tenantId, { rotate: false, db: txDb, cache: false });
+      }
+      const created = await this.#createDek(key.tenantId, { rotate: false, db: txDb, cache: false });
+      const mine = this.#txKeys.get(txDb);
+      if (mine !== undefined) {
+        mine.byId.set(created.id, created);
+        mine.active.set(key.tenantId, created);
+      }
+      return created;
     }
-    const entries = await this.#unwrapAll([row], txDb, false);
+    const tracked = this.#txKeys.has(txDb);
+    const entries = await this.#unwrapAll([row], txDb, tracked);
     const e = entries.get(row.id)!;
     if (e instanceof Error) throw e;
     return e;
@@ -1389,6 +1548,80 @@ export function isKeyring(v: unknown): v is Keyring {
   return isKeyringBrand(v);
 }
 
+/** Keys a transaction created: visible to it (and its savepoints) only, until it commits. */
+interface TxKeys {
+  readonly parent: TxKeys | undefined;
+  readonly byId: Map<string, DekEntry>;
+  readonly active: Map<string, DekEntry>;
+}
+
+/**
+ * The keyring's connection budget: at most `max` key store queries in flight, each waiting at most
+ * `timeoutMs` for a slot and then for its result, else `KeyStoreBusyError`. A query that timed out
+ * keeps its slot until it settles, so the budget never overcommits the pool.
+ */
+class Budget {
+  #inUse = 0;
+  readonly #waiting: (() => void)[] = [];
+  readonly max: number;
+  readonly timeoutMs: number;
+  constructor(max: number, timeoutMs: number) {
+    this.max = max;
+    this.timeoutMs = timeoutMs;
+  }
+
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let done = false;
+      const timer = setTimeout(() => {
+        if (done) return;
+        done = true;
+        const i = this.#waiting.indexOf(go);
+        if (i >= 0) this.#waiting.splice(i, 1);
+        reject(
+          new KeyStoreBusyError(
+            `the key store did not answer within ${this.timeoutMs} ms (${this.#inUse} of ${this.max} ` +
+              'key store queries in flight): the pool may be exhausted by transactions waiting on key ' +
+              'loads; raise keyStore.maxConcurrent or the pool size, or give the keyring its own keyStore.db',
+          ),
+        );
+      }, this.timeoutMs);
+      timer.unref?.();
+      const go = () => {
+        if (done) return;
+        this.#inUse++;
+        let p: Promise<T>;
+        try {
+          p = fn();
+        } catch (e) {
+          p = Promise.reject(e);
+        }
+        p.then(
+          (v) => {
+            if (!done) {
+              done = true;
+              clearTimeout(timer);
+              resolve(v);
+            }
+          },
+          (e) => {
+            if (!done) {
+              done = true;
+              clearTimeout(timer);
+              reject(e);
+            }
+          },
+        ).finally(() => {
+          this.#inUse--;
+          this.#waiting.shift()?.();
+        });
+      };
+      if (this.#inUse < this.max) go();
+      else this.#waiting.push(go);
+    });
+  }
+}
+
 /** Creates the keyring. See `KeyringOptions` for every option and its default. */
 export function createKeyring(options: KeyringOptions): Keyring {
   return new Keyring(options);
@@ -1417,6 +1650,8 @@ const KEYRING_OPTIONS = [
   'singleConnection',
   'auditTable',
   'heartbeat',
+  'keyStore',
+  'listenClient',
 ];
 
 /**
@@ -1487,6 +1722,18 @@ function validateKeyringOptions(options: KeyringOptions): void {
     problems.push('`onEvent` must be a function (event) => void');
   for (const k of ['singleConnection', 'auditTable'])
     if (o[k] !== undefined && typeof o[k] !== 'boolean') problems.push(`\`${k}\` must be true or false`);
+  if (o.keyStore !== undefined) {
+    const ks = o.keyStore as Record<string, unknown> | null;
+    if (ks === null || typeof ks !== 'object')
+      problems.push('`keyStore` must be an object { db, maxConcurrent, waitTimeoutMs }');
+    else {
+      for (const k of ['maxConcurrent', 'waitTimeoutMs'])
+        if (!positive(ks[k])) problems.push(`\`keyStore.${k}\` must be a positive integer, got ${String(ks[k])}`);
+      for (const k of Object.keys(ks))
+        if (k !== 'db' && k !== 'maxConcurrent' && k !== 'waitTimeoutMs')
+          problems.push(`unknown option \`keyStore.${k}\` (known: db, maxConcurrent, waitTimeoutMs)`);
+    }
+  }
   for (const k of Object.keys(o))
     if (!KEYRING_OPTIONS.includes(k))
       problems.push(`unknown option \`${k}\` (known: ${KEYRING_OPTIONS.join(', ')})`);
@@ -1525,12 +1772,25 @@ function shareInFlight<T>(
   return p;
 }
 
-/** PGlite (one connection): detected from the Drizzle instance's client. */
+/**
+ * One connection (PGlite, a node-postgres `Client`, postgres.js with `max: 1`): detected from the
+ * Drizzle instance's client.
+ */
 function isSingleConnection(db: AnyPgDatabase): boolean {
   const client = (db as { $client?: unknown }).$client as
-    | { constructor?: { name?: string }; waitReady?: unknown }
+    | {
+        constructor?: { name?: string };
+        waitReady?: unknown;
+        connectionParameters?: unknown;
+        totalCount?: unknown;
+        options?: { max?: unknown };
+        unsafe?: unknown;
+      }
     | undefined;
-  return client !== undefined && (client.constructor?.name === 'PGlite' || client.waitReady !== undefined);
+  if (client === undefined) return false;
+  if (client.constructor?.name === 'PGlite' || client.waitReady !== undefined) return true;
+  if (typeof client.connectionParameters === 'object' && client.totalCount === undefined) return true;
+  return typeof client.unsafe === 'function' && client.options?.max === 1;
 }
 
 function isRevocation(e: unknown): e is ByokError {
@@ -1567,27 +1827,87 @@ export async function mapLimit<T>(
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
+type NodePgConn = {
+  query(q: string): Promise<unknown>;
+  on(ev: string, fn: (m: { channel: string; payload?: string }) => void): void;
+  release?: (err?: unknown) => void;
+  end?: () => Promise<void>;
+};
+
+/**
+ * How the listener gets its node-postgres connection. The app's pool or client: a new client of
+ * the same class and configuration (never a pooled connection, never the app's only client). A
+ * `listenClient` given for the purpose: a connection from it (a pool) or the client itself.
+ */
+function nodePgListenConnection(
+  client: Record<string, unknown>,
+  dedicated: boolean,
+): { open(): Promise<NodePgConn>; close(c: NodePgConn, failed: boolean): Promise<void> } {
+  const isPool = typeof client.totalCount === 'number';
+  if (dedicated && isPool) {
+    return {
+      open: async () => (await (client.connect as () => Promise<NodePgConn>)()) as NodePgConn,
+      close: async (c, failed) => c.release?.(failed ? true : undefined),
+    };
+  }
+  if (dedicated) {
+    let connected = false;
+    return {
+      open: async () => {
+        if (!connected) {
+          connected = true;
+          const state = client as { _connected?: boolean; _connecting?: boolean };
+          if (!state._connected && !state._connecting) await (client.connect as () => Promise<void>)();
+        }
+        return client as unknown as NodePgConn;
+      },
+      close: async () => undefined,
+    };
+  }
+  type Ctor = new (config: unknown) => NodePgConn & { connect(): Promise<void> };
+  const Client = (isPool ? client.Client : client.constructor) as Ctor;
+  const config = isPool
+    ? client.options
+    : (() => {
+        const p = client.connectionParameters as Record<string, unknown>;
+        return {
+          user: p.user,
+          database: p.database,
+          port: p.port,
+          host: p.host,
+          password: p.password,
+          ssl: p.ssl,
+          application_name: p.application_name,
+          client_encoding: p.client_encoding,
+        };
+      })();
+  return {
+    open: async () => {
+      const c = new Client(config);
+      await c.connect();
+      return c;
+    },
+    close: async (c) => {
+      await c.end?.().catch(() => undefined);
+    },
+  };
+}
+
 /** LISTEN on a dedicated node-postgres connection, reconnecting after errors. */
 async function listenNodePg(
-  client: Record<string, unknown>,
+  source: { open(): Promise<NodePgConn>; close(c: NodePgConn, failed: boolean): Promise<void> },
   onPayload: (p: string | undefined) => void,
 ): Promise<() => Promise<void>> {
-  type Conn = {
-    query(q: string): Promise<unknown>;
-    on(ev: string, fn: (m: { channel: string; payload?: string }) => void): void;
-    release?: (err?: unknown) => void;
-    end?: () => Promise<void>;
-  };
   let stopped = false;
-  let conn: Conn | undefined;
+  let conn: NodePgConn | undefined;
   const connect = async (): Promise<void> => {
-    const c = (await (client.connect as () => Promise<Conn | undefined>)()) ?? (client as unknown as Conn);
+    const c = await source.open();
     conn = c;
     c.on('notification', (m) => {
       if (m.channel === INVALIDATION_CHANNEL) onPayload(m.payload);
     });
     c.on('error', () => {
-      c.release?.(true);
+      void source.close(c, true);
       conn = undefined;
       if (!stopped) setTimeout(() => void connect().catch(() => undefined), 500).unref();
     });
@@ -1600,7 +1920,7 @@ async function listenNodePg(
     conn = undefined;
     if (c !== undefined) {
       await c.query(`UNLISTEN ${INVALIDATION_CHANNEL}`).catch(() => undefined);
-      c.release?.();
+      await source.close(c, false);
     }
   };
 }

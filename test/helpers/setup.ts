@@ -31,13 +31,19 @@ export async function setupEncryptedDb(
     createTables?: boolean;
     /** Drizzle logger: sees every statement and its parameters as the driver receives them. */
     logger?: Logger;
+    /** How to connect (default `openDb`), e.g. through PgBouncer. */
+    open?: (driver: DriverName, schema: Record<string, unknown>) => Promise<TestDb>;
+    /** Options for `withEncryption` besides the tenant column. */
+    encryption?: { rls?: boolean };
   } = {},
 ): Promise<EncryptedDb> {
   const s = makeSchema(options.schemaName ?? uniqueName('byok_test'));
-  const tdb = await openDb(driver, s.relational, options.pglite, options.logger);
+  const tdb = options.open
+    ? await options.open(driver, s.relational)
+    : await openDb(driver, s.relational, options.pglite, options.logger);
   const kek = options.kek ? countingKek(options.kek) : countingKek();
   const keyring = createKeyring({ db: tdb.db, platformKek: kek, ...options.keyring });
-  withEncryption(tdb.db, keyring, { tenantColumn: 'tenant_id' });
+  withEncryption(tdb.db, keyring, { tenantColumn: 'tenant_id', ...options.encryption });
   await keyring.installKeyStore();
   if (options.createTables !== false) for (const stmt of s.ddl) await tdb.raw(stmt);
   return {
