@@ -401,12 +401,22 @@ describe.each(DRIVERS)('fail-closed guard on %s', (driver) => {
 
   it('a row of another tenant is the one decryption error, and its data key is never unwrapped', async () => {
     const a = t.acct;
+    // Queries are scoped to the tenant (B's own rows are not returned in T's scope): place B's
+    // ciphertext in a row of T, where the scoped query does return it.
+    const [src] = await e.tdb.raw<{ email: Buffer | string }>(
+      `select email from "${e.s.name}".acct where id = 10`,
+    );
+    await e.tdb.raw(`insert into "${e.s.name}".acct (id, tenant_id, grp, email) values (11, $1, 1, $2)`, [
+      T,
+      src!.email,
+    ]);
     e.keyring.clearCache();
     e.kek.reset();
     const err = await withTenant(T, () => e.db.select().from(a)).then(
       () => undefined,
       (x: unknown) => x,
     );
+    await e.tdb.raw(`delete from "${e.s.name}".acct where id = 11`);
     expect(err).toBeInstanceOf(DecryptionFailedError);
     expect((err as Error).message).not.toContain(B);
     expect(JSON.stringify(err)).not.toContain(B);
