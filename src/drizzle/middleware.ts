@@ -534,11 +534,12 @@ async function resolveParams(
   const tenants = new Set<string>();
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;
-  const entries = new Map(
-    await Promise.all(
-      [...tenants].map(async (t) => [t, await keysOf(keyring).getActiveDek(t, txDb)] as const),
-    ),
-  );
+  const active = async (t: string) => {
+    const e = await keysOf(keyring).getActiveDek(t, txDb);
+    // Evicted while this query waited (cache cleared, revocation): load it again, once.
+    return e.evicted ? keysOf(keyring).getActiveDek(t, txDb) : e;
+  };
+  const entries = new Map(await Promise.all([...tenants].map(async (t) => [t, await active(t)] as const)));
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
     if (p instanceof PendingWrite)
@@ -562,8 +563,13 @@ export async function resolveReads<T>(keyring: Keyring, ctx: QueryContext, resul
         ...(ctx.tenantId ? { tenantId: ctx.tenantId } : {}),
       });
     });
+  const loadFresh = async (id: string) => {
+    const e = await load(id);
+    // Evicted while this query waited (cache cleared, revocation): load it again, once.
+    return e.evicted ? load(id) : e;
+  };
   const entries = new Map(
-    await Promise.all([...labels.keys()].map(async (id) => [id, await load(id)] as const)),
+    await Promise.all([...labels.keys()].map(async (id) => [id, await loadFresh(id)] as const)),
   );
   for (const p of pending) {
     const entry = entries.get(p.dekId)!;

@@ -988,6 +988,17 @@ export class Keyring {
       ids.length === 0
         ? []
         : await this.#selectDeks(and(inArray(byokDeks.id, ids), inArray(byokDeks.tenantId, tenants))!);
+    if (this.#writeDb !== this.#readDb && rows.length < ids.length) {
+      // A replica that has not seen a data key yet: ask the primary for the missing ones.
+      const found = new Set(rows.map((r) => r.id));
+      const missing = ids.filter((id) => !found.has(id));
+      rows.push(
+        ...(await this.#selectDeks(
+          and(inArray(byokDeks.id, missing), inArray(byokDeks.tenantId, tenants))!,
+          this.#writeDb,
+        )),
+      );
+    }
     const owned = new Set(wanted.map((w) => `${w.tenantId}\u0000${w.id}`));
     const entries = await this.#unwrapAll(rows.filter((r) => owned.has(`${r.tenantId}\u0000${r.id}`)));
     this.emit({ type: 'dek-batch', size: rows.length, latencyMs: performance.now() - started });
