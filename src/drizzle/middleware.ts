@@ -535,9 +535,10 @@ async function resolveParams(
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;
   const active = async (t: string) => {
-    const e = await keysOf(keyring).getActiveDek(t, txDb);
-    // Evicted while this query waited (cache cleared, revocation): load it again, once.
-    return e.evicted ? keysOf(keyring).getActiveDek(t, txDb) : e;
+    let e = await keysOf(keyring).getActiveDek(t, txDb);
+    // Evicted while this query waited (cache cleared, revocation): load it again (a few times).
+    for (let i = 0; e.evicted && i < 5; i++) e = await keysOf(keyring).getActiveDek(t, txDb);
+    return e;
   };
   const entries = new Map(await Promise.all([...tenants].map(async (t) => [t, await active(t)] as const)));
   for (let i = 0; i < filled.length; i++) {
@@ -564,9 +565,10 @@ export async function resolveReads<T>(keyring: Keyring, ctx: QueryContext, resul
       });
     });
   const loadFresh = async (id: string) => {
-    const e = await load(id);
-    // Evicted while this query waited (cache cleared, revocation): load it again, once.
-    return e.evicted ? load(id) : e;
+    let e = await load(id);
+    // Evicted while this query waited (cache cleared, revocation): load it again (a few times).
+    for (let i = 0; e.evicted && i < 5; i++) e = await load(id);
+    return e;
   };
   const entries = new Map(
     await Promise.all([...labels.keys()].map(async (id) => [id, await loadFresh(id)] as const)),
