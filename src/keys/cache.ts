@@ -134,10 +134,13 @@ export class DekCache {
 
   #fresh(e: DekEntry, now = Date.now()): DekEntry | undefined {
     if (e.expiresAt <= now) {
-      this.#evict(e);
+      // An entry that is not (or no longer) cached, e.g. a transaction's own key reached through a
+      // column's last-key hint, is not this cache's to evict: its owner zeroes it.
+      if (this.#byId.get(e.id) === e) this.#evict(e);
       return undefined;
     }
     if (e.lastUsed !== now) {
+      if (this.#byId.get(e.id) !== e) return undefined;
       // Keep #byId in least-recently-used order: an entry moves to the end when used at a new
       // time (at most once per clock tick: the hot path of one query uses one clock reading).
       e.lastUsed = now;
