@@ -1739,7 +1739,8 @@ function validateKeyringOptions(options: KeyringOptions): void {
       problems.push('`keyStore` must be an object { db, maxConcurrent, waitTimeoutMs }');
     else {
       for (const k of ['maxConcurrent', 'waitTimeoutMs'])
-        if (!positive(ks[k])) problems.push(`\`keyStore.${k}\` must be a positive integer, got ${String(ks[k])}`);
+        if (!positive(ks[k]))
+          problems.push(`\`keyStore.${k}\` must be a positive integer, got ${String(ks[k])}`);
       for (const k of Object.keys(ks))
         if (k !== 'db' && k !== 'maxConcurrent' && k !== 'waitTimeoutMs')
           problems.push(`unknown option \`keyStore.${k}\` (known: db, maxConcurrent, waitTimeoutMs)`);
