@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
 import { ByokConfigError, DecryptionFailedError, TenantMismatchError } from '../errors.ts';
+import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
 import {
   instrumentBlindWrites,
@@ -534,19 +535,32 @@ async function resolveParams(
   const tenants = new Set<string>();
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;
-  const active = async (t: string) => {
-    let e = await keysOf(keyring).getActiveDek(t, txDb);
-    // Evicted while this query waited (cache cleared, revocation): load it again (a few times).
-    for (let i = 0; e.evicted && i < 5; i++) e = await keysOf(keyring).getActiveDek(t, txDb);
-    return e;
-  };
-  const entries = new Map(await Promise.all([...tenants].map(async (t) => [t, await active(t)] as const)));
+  const entries = await loadFresh([...tenants], (t) => keysOf(keyring).getActiveDek(t, txDb));
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
     if (p instanceof PendingWrite)
       filled[i] = sealFor(keyring, p.column, entries.get(p.tenantId)!, p.plaintext());
   }
   return filled;
+}
+
+/**
+ * Loads the data keys for `keys`, and loads again any that was evicted (cache cleared, revocation)
+ * while the others were still loading, until all are live at once (a few rounds at most). The
+ * caller then uses them synchronously, so none can be evicted between this check and its use.
+ */
+async function loadFresh(
+  keys: readonly string[],
+  load: (key: string) => Promise<DekEntry>,
+): Promise<Map<string, DekEntry>> {
+  const entries = new Map(await Promise.all(keys.map(async (k) => [k, await load(k)] as const)));
+  for (let round = 0; round < 5; round++) {
+    const stale = keys.filter((k) => entries.get(k)!.evicted);
+    if (stale.length === 0) break;
+    for (const [k, e] of await Promise.all(stale.map(async (k) => [k, await load(k)] as const)))
+      entries.set(k, e);
+  }
+  return entries;
 }
 
 /** Loads the data keys pending reads need (one batch), decrypts, and swaps placeholders for values. */
@@ -564,15 +578,7 @@ export async function resolveReads<T>(keyring: Keyring, ctx: QueryContext, resul
         ...(ctx.tenantId ? { tenantId: ctx.tenantId } : {}),
       });
     });
-  const loadFresh = async (id: string) => {
-    let e = await load(id);
-    // Evicted while this query waited (cache cleared, revocation): load it again (a few times).
-    for (let i = 0; e.evicted && i < 5; i++) e = await load(id);
-    return e;
-  };
-  const entries = new Map(
-    await Promise.all([...labels.keys()].map(async (id) => [id, await loadFresh(id)] as const)),
-  );
+  const entries = await loadFresh([...labels.keys()], load);
   for (const p of pending) {
     const entry = entries.get(p.dekId)!;
     checkReadTenant(ctx, p.column, entry);
