@@ -535,24 +535,31 @@ async function resolveParams(
   const tenants = new Set<string>();
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;
-  const entries = await loadFresh([...tenants], (t) => keysOf(keyring).getActiveDek(t, txDb));
-  for (let i = 0; i < filled.length; i++) {
-    const p = filled[i];
-    if (p instanceof PendingWrite)
-      filled[i] = sealFor(keyring, p.column, entries.get(p.tenantId)!, p.plaintext());
-  }
-  return filled;
+  return withLiveKeys(
+    [...tenants],
+    (t) => keysOf(keyring).getActiveDek(t, txDb),
+    (entries) => {
+      for (let i = 0; i < filled.length; i++) {
+        const p = filled[i];
+        if (p instanceof PendingWrite)
+          filled[i] = sealFor(keyring, p.column, entries.get(p.tenantId)!, p.plaintext());
+      }
+      return filled;
+    },
+  );
 }
 
 /**
- * Loads the data keys for `keys`, and loads again any that was evicted (cache cleared, revocation)
- * while the others were still loading, until all are live at once (a few rounds at most). The
- * caller then uses them synchronously, so none can be evicted between this check and its use.
+ * Loads the data keys for `keys`, loads again any that was evicted (cache cleared, revocation) while
+ * the others were still loading, and runs `use` in the same synchronous step as the check that all
+ * are live: no await lies between them, so no key can be evicted (and zeroed) before its use. After
+ * a few rounds of evictions `use` runs anyway and the evicted key's use fails with a retryable error.
  */
-async function loadFresh(
+async function withLiveKeys<T>(
   keys: readonly string[],
   load: (key: string) => Promise<DekEntry>,
-): Promise<Map<string, DekEntry>> {
+  use: (entries: ReadonlyMap<string, DekEntry>) => T,
+): Promise<T> {
   const entries = new Map(await Promise.all(keys.map(async (k) => [k, await load(k)] as const)));
   for (let round = 0; round < 5; round++) {
     const stale = keys.filter((k) => entries.get(k)!.evicted);
@@ -560,7 +567,7 @@ async function loadFresh(
     for (const [k, e] of await Promise.all(stale.map(async (k) => [k, await load(k)] as const)))
       entries.set(k, e);
   }
-  return entries;
+  return use(entries);
 }
 
 /** Loads the data keys pending reads need (one batch), decrypts, and swaps placeholders for values. */
@@ -578,13 +585,14 @@ export async function resolveReads<T>(keyring: Keyring, ctx: QueryContext, resul
         ...(ctx.tenantId ? { tenantId: ctx.tenantId } : {}),
       });
     });
-  const entries = await loadFresh([...labels.keys()], load);
-  for (const p of pending) {
-    const entry = entries.get(p.dekId)!;
-    checkReadTenant(ctx, p.column, entry);
-    p.resolve(openFor(keyring, p.column, entry, p.bytes));
-  }
-  return replacePending(result) as T;
+  return withLiveKeys([...labels.keys()], load, (entries) => {
+    for (const p of pending) {
+      const entry = entries.get(p.dekId)!;
+      checkReadTenant(ctx, p.column, entry);
+      p.resolve(openFor(keyring, p.column, entry, p.bytes));
+    }
+    return replacePending(result) as T;
+  });
 }
 
 function replacePending(v: unknown): unknown {

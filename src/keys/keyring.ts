@@ -372,7 +372,11 @@ export class Keyring {
   #txHit(txDb: AnyPgDatabase, key: { id: string } | { tenantId: string }): DekEntry | undefined {
     for (let k = this.#txKeys.get(txDb); k !== undefined; k = k.parent) {
       const e = 'id' in key ? k.byId.get(key.id) : k.active.get(key.tenantId);
-      if (e !== undefined) return e;
+      if (e === undefined) continue;
+      // Evicted (cache cleared, revocation) and zeroed since the transaction took it: load it again
+      // (its row is visible to the transaction, committed or its own).
+      if (e.evicted) return undefined;
+      return e;
     }
     return undefined;
   }
