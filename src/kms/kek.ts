@@ -1,7 +1,8 @@
 /**
  * The key-encryption key (KEK) interface. A KEK wraps and unwraps data keys (DEKs); the KEK itself
  * never leaves its KMS (or, for `localKek`, the process). Providers: `localKek` (platform key from
- * configuration), `awsKms` (`drizzle-byok/aws`), `gcpKms` (`drizzle-byok/gcp`).
+ * configuration), `awsKms` (`drizzle-byok/aws`), `gcpKms` (`drizzle-byok/gcp`), `azureKeyVault`
+ * (`drizzle-byok/azure`), `vaultTransit` (`drizzle-byok/vault`).
  *
  * Contract every provider follows:
  * - `wrap`/`unwrap` bind `context.tenantId` and `context.dekId` to the wrapped key (AWS
@@ -19,7 +20,7 @@ export interface WrapContext {
   readonly dekId: string;
 }
 
-export type KekKind = 'local' | 'aws-kms' | 'gcp-kms';
+export type KekKind = 'local' | 'aws-kms' | 'gcp-kms' | 'azure-key-vault' | 'vault-transit';
 
 export interface KeyDescription {
   /** 'enabled' when the key can wrap and unwrap now. */
@@ -73,6 +74,12 @@ export interface Kek {
    * alias's account and region) and refuses it otherwise.
    */
   unwrap(wrapped: Uint8Array, context: WrapContext, wrappedBy?: string): Promise<Uint8Array>;
+  /**
+   * Optional: re-wraps a wrapped data key under the key's current version inside the KMS, without
+   * the data key leaving it (Vault Transit `rewrap`). `rewrapMovedKeys` uses it for wraps made by
+   * an older version of the same key (`wrappedBy` a version of `keyRef`) instead of unwrap + wrap.
+   */
+  rewrap?(wrapped: Uint8Array, context: WrapContext, wrappedBy?: string): Promise<WrapResult>;
   /** Key state check (DescribeKey / GetCryptoKey). */
   describe(): Promise<KeyDescription>;
   toConfig(): KekConfig;
