@@ -4,6 +4,9 @@
  * that is wrapped under another key than the one its KEK reference names now, so the old key (or
  * version) can be disabled with no loss.
  *
+ * A wrap by an older version of the same key is re-wrapped inside the KMS when the provider can
+ * (`Kek.rewrap`: Vault Transit `rewrap`), else unwrapped and wrapped again.
+ *
  * Like `rotateKek`, each KEK is verified first (DescribeKey / GetCryptoKey, a wrap/unwrap round
  * trip through its current key); then, in one transaction under the tenant's lifecycle lock, each
  * such data key is unwrapped by the key that wrapped it and wrapped again through the reference.
@@ -71,10 +74,25 @@ export async function rewrapMovedKeys(
             (w) => w.wrappedBy === null || (t.current !== null && w.wrappedBy !== t.current),
           );
           for (const w of stale) {
-            const entry = await keysOf(keyring).getDek(w.dekId, tx as AnyPgDatabase);
-            const next = await keyring.timedKms('wrap', kek, tenantId, () =>
-              wrapIdentified(kek, dekMaterial(entry).raw, { tenantId, dekId: w.dekId }),
-            );
+            const context = { tenantId, dekId: w.dekId };
+            const sameKey = w.wrappedBy !== null && w.wrappedBy.startsWith(`${row.keyRef}/`);
+            let next: { wrapped: Buffer; wrappedBy: string | null };
+            if (sameKey && typeof kek.rewrap === 'function') {
+              // An older version of the same key: re-wrapped inside the KMS (Vault Transit rewrap).
+              const [current] = await tx
+                .select({ wrapped: byokDekWraps.wrapped })
+                .from(byokDekWraps)
+                .where(and(eq(byokDekWraps.dekId, w.dekId), eq(byokDekWraps.kekId, t.id)));
+              const r = await keyring.timedKms('wrap', kek, tenantId, () =>
+                kek.rewrap!(current!.wrapped, context, w.wrappedBy!),
+              );
+              next = { wrapped: Buffer.from(r.wrapped), wrappedBy: r.wrappedBy };
+            } else {
+              const entry = await keysOf(keyring).getDek(w.dekId, tx as AnyPgDatabase);
+              next = await keyring.timedKms('wrap', kek, tenantId, () =>
+                wrapIdentified(kek, dekMaterial(entry).raw, context),
+              );
+            }
             await tx
               .update(byokDekWraps)
               .set(next)
