@@ -13,9 +13,11 @@ const ENTRY_POINTS: Record<string, string> = {
   'drizzle-byok/schema': 'src/schema.ts',
   'drizzle-byok/aws': 'src/kms/aws.ts',
   'drizzle-byok/gcp': 'src/kms/gcp.ts',
+  'drizzle-byok/vault': 'src/kms/vault/index.ts',
   'drizzle-byok/testing': 'src/testing/index.ts',
   'drizzle-byok/testing/aws': 'src/testing/aws.ts',
   'drizzle-byok/testing/gcp': 'src/testing/gcp.ts',
+  'drizzle-byok/testing/vault': 'src/testing/vault/index.ts',
 };
 
 interface Written {

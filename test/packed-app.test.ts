@@ -142,6 +142,48 @@ describe('the packed package in a fresh app, as the README says', () => {
     ).toBe(false);
   });
 
+  it('with no cloud SDK installed, drizzle-byok/vault and drizzle-byok/testing/vault import and wrap through the local Vault', () => {
+    const dir = join(app, 'vault-only');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
+    for (const sdk of [
+      '@aws-sdk/client-kms',
+      '@google-cloud/kms',
+      '@azure/keyvault-keys',
+      '@azure/identity',
+    ]) {
+      expect(existsSync(join(app, 'node_modules', sdk)), sdk).toBe(false);
+    }
+    writeFileSync(
+      join(dir, 'main.mjs'),
+      `import { randomBytes } from 'node:crypto';
+import { vaultTransit } from 'drizzle-byok/vault';
+import { startVaultServer } from 'drizzle-byok/testing/vault';
+const vault = await startVaultServer();
+const key = vault.createKey('k');
+const kek = vaultTransit({ address: vault.address, keyName: key, auth: { type: 'token', token: vault.rootToken } });
+const dek = randomBytes(32);
+const { wrapped, wrappedBy } = await kek.wrapIdentified(dek, { tenantId: 't', dekId: 'd' });
+const back = await kek.unwrap(wrapped, { tenantId: 't', dekId: 'd' }, wrappedBy);
+console.log(Buffer.from(back).equals(dek) ? 'ok' : 'mismatch');
+await vault.close();
+`,
+    );
+    const r = sh(process.execPath, ['main.mjs'], dir);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe('ok\n');
+    // and through require (CJS)
+    const c = sh(
+      process.execPath,
+      [
+        '-e',
+        "const v = require('drizzle-byok/vault'); const t = require('drizzle-byok/testing/vault'); console.log(typeof v.vaultTransit, typeof t.startVaultServer)",
+      ],
+      dir,
+    );
+    expect(c.stdout).toBe('function function\n');
+  });
+
   it(`drizzle-kit as configured in the README: ${DATABASE_URL ? 'push and generate include the key store, and see no change after installKeyStore() (PostgreSQL)' : 'generate includes the key store with the shipped constraint names (no server: PGlite driver)'}`, async () => {
     const kit = quickFiles('drizzle-kit');
     expect(kit.map((b) => b.file)).toEqual(['src/db/byok.ts', 'drizzle.config.ts']);
