@@ -26,10 +26,12 @@ export interface VaultTokenOptions {
 }
 
 export class VaultAdmin {
-  constructor(
-    readonly state: ServerState,
-    public ns: VaultNamespaceState,
-  ) {}
+  readonly state: ServerState;
+  ns: VaultNamespaceState;
+  constructor(state: ServerState, ns: VaultNamespaceState) {
+    this.state = state;
+    this.ns = ns;
+  }
 
   /** The namespace path (`''` for the root namespace). */
   get path(): string {

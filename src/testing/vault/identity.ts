@@ -66,7 +66,10 @@ export class VaultNamespaceState {
   readonly appRoles = new Map<string, AppRoleRecord>();
   readonly kubernetesRoles = new Map<string, KubernetesRoleRecord>();
   readonly jwtRoles = new Map<string, JwtRoleRecord>();
-  constructor(readonly path: string) {}
+  readonly path: string;
+  constructor(path: string) {
+    this.path = path;
+  }
 
   putPolicy(name: string, text: string): void {
     if (name === 'root') throw new Error('cannot update "root" policy');
@@ -179,7 +182,9 @@ export class JwtIssuer {
   readonly #private: KeyObject;
   readonly #public: KeyObject;
   readonly kid = randomUUID();
-  constructor(readonly issuer: string) {
+  readonly issuer: string;
+  constructor(issuer: string) {
+    this.issuer = issuer;
     const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
     this.#private = createPrivateKey(privateKey.export({ format: 'pem', type: 'pkcs8' }));
     this.#public = createPublicKey(this.#private);

@@ -46,10 +46,12 @@ export interface VaultRequest {
 }
 
 export class VaultHttpAnswer {
-  constructor(
-    readonly status: number,
-    readonly body: Record<string, unknown> | undefined,
-  ) {}
+  readonly status: number;
+  readonly body: Record<string, unknown> | undefined;
+  constructor(status: number, body: Record<string, unknown> | undefined) {
+    this.status = status;
+    this.body = body;
+  }
 }
 
 export const answer = (data: Record<string, unknown> | null, extra: Record<string, unknown> = {}) =>

@@ -9,11 +9,10 @@ import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:cr
 export type VaultTransitKeyType = 'aes256-gcm96' | 'aes128-gcm96' | 'chacha20-poly1305' | 'rsa-2048';
 
 export class TransitError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
+  readonly status: number;
+  constructor(status: number, message: string) {
     super(message);
+    this.status = status;
   }
 }
 
