@@ -67,6 +67,8 @@ export type {
   GcpOnboardingOptions,
   Onboarding,
   OnboardingOptions,
+  VaultOnboarding,
+  VaultOnboardingOptions,
 } from './keys/onboarding.ts';
 export type { RewrapMovedResult } from './keys/rewrap-moved.ts';
 export { KEY_IDENTITY_MIGRATION } from './keys/identity-schema.ts';

@@ -8,7 +8,9 @@
  *   the role trust policy naming the platform's principal and requiring the external id, the `aws`
  *   CLI commands and a Terraform snippet (multi-region key replicated to every region given);
  * - Cloud KMS: the IAM bindings for the platform's service account, the `gcloud` commands and a
- *   Terraform snippet.
+ *   Terraform snippet;
+ * - Vault Transit: the ACL policy (HCL), the auth role, the `vault` commands and a Terraform snippet
+ *   (`./onboarding-vault.ts`).
  * `enableByok` / `rotateKek` (and `keys enable`) then refuse an assume-role KEK whose external id
  * is not the one issued to the tenant.
  */
@@ -18,6 +20,12 @@ import { assertTenantId, scopeStorage } from '../drizzle/scope.ts';
 import { ByokConfigError } from '../errors.ts';
 import type { Kek } from '../kms/kek.ts';
 import { byokOnboarding } from './identity-schema.ts';
+import {
+  type VaultOnboarding,
+  type VaultOnboardingOptions,
+  validateVaultOnboarding,
+  vaultArtifacts,
+} from './onboarding-vault.ts';
 import type { Keyring } from './keyring.ts';
 import { byokTenants } from './schema.ts';
 
@@ -56,7 +64,9 @@ export interface GcpOnboardingOptions {
   readonly key?: string;
 }
 
-export type OnboardingOptions = AwsOnboardingOptions | GcpOnboardingOptions;
+export type { VaultOnboarding, VaultOnboardingOptions } from './onboarding-vault.ts';
+
+export type OnboardingOptions = AwsOnboardingOptions | GcpOnboardingOptions | VaultOnboardingOptions;
 
 /** An IAM policy statement as AWS writes them. */
 export interface AwsPolicyStatement {
@@ -106,7 +116,7 @@ export interface GcpOnboarding {
   readonly enableCommand: string;
 }
 
-export type Onboarding = AwsOnboarding | GcpOnboarding;
+export type Onboarding = AwsOnboarding | GcpOnboarding | VaultOnboarding;
 
 const REGION_RE = /^[a-z]{2,4}(-[a-z]+)+-\d{1,2}$/;
 const GCP_LOCATION_RE = /^(global|[a-z]+(-[a-z]+)*\d*)$/;
@@ -373,7 +383,7 @@ export function gcpArtifacts(tenantId: string, o: GcpOnboardingOptions): GcpOnbo
 
 function validate(o: OnboardingOptions): OnboardingOptions {
   if (o === null || typeof o !== 'object')
-    throw bad('options are required: { provider: "aws" | "gcp", ... }');
+    throw bad('options are required: { provider: "aws" | "gcp" | "vault", ... }');
   if (o.provider === 'aws') {
     if (typeof o.platformPrincipal !== 'string' || !PRINCIPAL_RE.test(o.platformPrincipal)) {
       throw bad(
@@ -423,8 +433,9 @@ function validate(o: OnboardingOptions): OnboardingOptions {
     }
     return o;
   }
+  if (o.provider === 'vault') return validateVaultOnboarding(o);
   throw bad(
-    `provider must be "aws" or "gcp" (got ${JSON.stringify((o as { provider?: unknown }).provider)})`,
+    `provider must be "aws", "gcp" or "vault" (got ${JSON.stringify((o as { provider?: unknown }).provider)})`,
   );
 }
 
@@ -457,6 +468,7 @@ export async function onboarding(
         .insert(byokOnboarding)
         .values(row)
         .onConflictDoUpdate({ target: byokOnboarding.tenantId, set: row });
+      if (o.provider === 'vault') return vaultArtifacts(tenantId, o);
       return o.provider === 'aws' ? awsArtifacts(tenantId, o, externalId!) : gcpArtifacts(tenantId, o);
     });
   });
