@@ -270,7 +270,7 @@ describe('onboarding: the README and the generated policies, applied verbatim', 
         () => new Error('accepted'),
         (x: unknown) => x as Error,
       );
-    expect((await bad({ provider: 'azure' })).message).toMatch(/provider must be "aws" or "gcp"/);
+    expect((await bad({ provider: 'azure' })).message).toMatch(/provider must be "aws", "gcp" or "vault"/);
     expect(
       (
         await bad({

@@ -31,12 +31,15 @@ Keys (one tenant's key lifecycle):
   keys health [--tenant X]...                       check every BYOK tenant's keys (exit 3 if any is not ok)
   keys shred   <tenant> --confirm <tenant>          destroy every data key: the tenant's data is gone
                [--allow-no-keys]                    also for a tenant that has no data key (blocks the id)
-  keys onboard <tenant> --aws|--gcp --region R...   artifacts for the tenant's key admin: key policy,
+  keys onboard <tenant> --aws|--gcp|--vault         artifacts for the tenant's key admin: key policy,
                [--format text|json|shell|terraform]  role trust with the external id issued (and stored),
                                                     aws/gcloud commands, Terraform
        --aws --platform-principal ARN --tenant-account ID [--role-name N] [--key-alias alias/N]
              [--rotate-external-id]
-       --gcp --service-account EMAIL --project ID [--key-ring R] [--key-id K]
+       --gcp --service-account EMAIL --project ID [--key-ring R] [--key-id K]   (--aws, --gcp: --region R...)
+       --vault --vault-address URL [--vault-namespace NS] [--vault-mount M] [--vault-key K]
+             [--vault-auth approle|kubernetes|jwt] [--vault-role R]
+             [--k8s-service-account SA --k8s-namespace NS] [--jwt-subject S --jwt-audience A]
   keys rewrap-platform [--batch-size N]             after replacing the platform key: re-wrap data keys
                                                     under previousPlatformKeks (exit 3 if some remain)
   keys rewrap-moved <tenant>                        re-wrap data keys still under a key an alias left
@@ -46,6 +49,9 @@ Keys (one tenant's key lifecycle):
        [--aws-endpoint URL] [--aws-sts-endpoint URL]            (credentials: the AWS default chain)
      | --gcp-key-name projects/.../cryptoKeys/K... [--gcp-credentials key.json]
        [--gcp-endpoint HOST[:PORT]] [--gcp-insecure]
+     | --vault-address URL --vault-key K [--vault-namespace NS] [--vault-mount M] [--vault-ca ca.pem]
+       --vault-approle-role-id ID (secret id: env VAULT_SECRET_ID) | --vault-kubernetes-role R
+       | --vault-jwt-role R --vault-jwt-file F | (token: env VAULT_TOKEN)
 
 Options:
   --config PATH        config file (default: ./drizzle-byok.config.ts, .mts, .js, .mjs)
@@ -92,6 +98,22 @@ const OPTIONS = {
   'gcp-endpoint': { type: 'string' },
   'gcp-insecure': { type: 'boolean' },
   'gcp-credentials': { type: 'string' },
+  'vault-address': { type: 'string' },
+  'vault-namespace': { type: 'string' },
+  'vault-mount': { type: 'string' },
+  'vault-key': { type: 'string' },
+  'vault-ca': { type: 'string' },
+  'vault-approle-role-id': { type: 'string' },
+  'vault-kubernetes-role': { type: 'string' },
+  'vault-jwt-role': { type: 'string' },
+  'vault-jwt-file': { type: 'string' },
+  'vault-auth': { type: 'string' },
+  'vault-role': { type: 'string' },
+  'k8s-service-account': { type: 'string' },
+  'k8s-namespace': { type: 'string' },
+  'jwt-subject': { type: 'string' },
+  'jwt-audience': { type: 'string' },
+  vault: { type: 'boolean' },
   confirm: { type: 'string' },
   aws: { type: 'boolean' },
   gcp: { type: 'boolean' },
@@ -121,6 +143,15 @@ const KEK_FLAGS = [
   'gcp-endpoint',
   'gcp-insecure',
   'gcp-credentials',
+  'vault-address',
+  'vault-namespace',
+  'vault-mount',
+  'vault-key',
+  'vault-ca',
+  'vault-approle-role-id',
+  'vault-kubernetes-role',
+  'vault-jwt-role',
+  'vault-jwt-file',
 ];
 const BACKFILL = [
   'table',
@@ -162,6 +193,17 @@ const ALLOWED: Record<string, readonly string[]> = {
     'project',
     'key-ring',
     'key-id',
+    'vault',
+    'vault-address',
+    'vault-namespace',
+    'vault-mount',
+    'vault-key',
+    'vault-auth',
+    'vault-role',
+    'k8s-service-account',
+    'k8s-namespace',
+    'jwt-subject',
+    'jwt-audience',
   ],
   'keys rewrap-platform': ['batch-size'],
   'keys rewrap-moved': [],

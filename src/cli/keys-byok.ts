@@ -13,42 +13,83 @@ export async function onboardCommand(ctx: Context): Promise<number> {
     throw new UsageError(`keys onboard needs exactly one tenant id (got ${ctx.args.length})`);
   const tenant = ctx.args[0]!;
   const f = ctx.flags;
-  if ((f.aws === true) === (f.gcp === true)) throw new UsageError('keys onboard needs one of --aws or --gcp');
+  const chosen = (['aws', 'gcp', 'vault'] as const).filter((p) => f[p] === true);
+  if (chosen.length !== 1) throw new UsageError('keys onboard needs one of --aws, --gcp or --vault');
+  const provider = chosen[0]!;
   const format = (f.format as string | undefined) ?? (ctx.json ? 'json' : 'text');
   if (!(FORMATS as readonly string[]).includes(format)) {
     throw new UsageError(`--format must be one of ${FORMATS.join(', ')} (got ${JSON.stringify(format)})`);
   }
   const regions = (f.region as string[] | undefined) ?? [];
-  if (regions.length === 0) throw new UsageError('keys onboard needs --region (once per region of the key)');
+  if (regions.length === 0 && provider !== 'vault') {
+    throw new UsageError('keys onboard needs --region (once per region of the key)');
+  }
   const need = (name: string): string => {
     const v = f[name];
-    if (typeof v !== 'string' || v === '')
-      throw new UsageError(`keys onboard --${f.aws ? 'aws' : 'gcp'} needs --${name}`);
+    if (typeof v !== 'string' || v === '') throw new UsageError(`keys onboard --${provider} needs --${name}`);
     return v;
   };
-  const awsOnly = ['platform-principal', 'tenant-account', 'role-name', 'key-alias', 'rotate-external-id'];
-  const gcpOnly = ['service-account', 'project', 'key-ring', 'key-id'];
-  for (const name of f.aws ? gcpOnly : awsOnly) {
-    if (f[name] !== undefined) throw new UsageError(`--${name} goes with --${f.aws ? 'gcp' : 'aws'}`);
-  }
-  const options: OnboardingOptions = f.aws
-    ? {
-        provider: 'aws',
-        platformPrincipal: need('platform-principal'),
-        tenantAccountId: need('tenant-account'),
-        regions,
-        ...(f['role-name'] === undefined ? {} : { roleName: f['role-name'] as string }),
-        ...(f['key-alias'] === undefined ? {} : { keyAlias: f['key-alias'] as string }),
-        ...(f['rotate-external-id'] ? { rotateExternalId: true } : {}),
+  const only: Record<typeof provider, readonly string[]> = {
+    aws: ['platform-principal', 'tenant-account', 'role-name', 'key-alias', 'rotate-external-id'],
+    gcp: ['service-account', 'project', 'key-ring', 'key-id'],
+    vault: [
+      'vault-address',
+      'vault-namespace',
+      'vault-mount',
+      'vault-key',
+      'vault-auth',
+      'vault-role',
+      'k8s-service-account',
+      'k8s-namespace',
+      'jwt-subject',
+      'jwt-audience',
+    ],
+  };
+  for (const other of ['aws', 'gcp', 'vault'] as const) {
+    if (other === provider) continue;
+    for (const name of only[other]) {
+      if (f[name] !== undefined && !only[provider].includes(name)) {
+        throw new UsageError(`--${name} goes with --${other}`);
       }
-    : {
-        provider: 'gcp',
-        serviceAccount: need('service-account'),
-        project: need('project'),
-        regions,
-        ...(f['key-ring'] === undefined ? {} : { keyRing: f['key-ring'] as string }),
-        ...(f['key-id'] === undefined ? {} : { key: f['key-id'] as string }),
-      };
+    }
+  }
+  if (provider === 'vault' && regions.length > 0) throw new UsageError('--region goes with --aws or --gcp');
+  const opt = (flag: string, key: string) => (f[flag] === undefined ? {} : { [key]: f[flag] as string });
+  const options: OnboardingOptions =
+    provider === 'aws'
+      ? {
+          provider: 'aws',
+          platformPrincipal: need('platform-principal'),
+          tenantAccountId: need('tenant-account'),
+          regions,
+          ...opt('role-name', 'roleName'),
+          ...opt('key-alias', 'keyAlias'),
+          ...(f['rotate-external-id'] ? { rotateExternalId: true } : {}),
+        }
+      : provider === 'gcp'
+        ? {
+            provider: 'gcp',
+            serviceAccount: need('service-account'),
+            project: need('project'),
+            regions,
+            ...opt('key-ring', 'keyRing'),
+            ...opt('key-id', 'key'),
+          }
+        : {
+            provider: 'vault',
+            address: need('vault-address'),
+            ...opt('vault-namespace', 'namespace'),
+            ...opt('vault-mount', 'mount'),
+            ...opt('vault-key', 'keyName'),
+            ...(f['vault-auth'] === undefined
+              ? {}
+              : { auth: f['vault-auth'] as 'approle' | 'kubernetes' | 'jwt' }),
+            ...opt('vault-role', 'roleName'),
+            ...opt('k8s-service-account', 'serviceAccount'),
+            ...opt('k8s-namespace', 'serviceAccountNamespace'),
+            ...opt('jwt-subject', 'boundSubject'),
+            ...opt('jwt-audience', 'boundAudience'),
+          };
   const loaded = await ctx.config();
   const a = await loaded.keyring.onboarding(tenant, options);
   if (format === 'json') ctx.io.stdout.write(`${JSON.stringify(a, null, 2)}\n`);
@@ -75,6 +116,18 @@ function onboardingText(a: Onboarding): string {
       j(a.roleTrustPolicy),
       '',
       'The tenant runs `--format shell` (aws CLI) or `--format terraform`; then the platform runs:',
+      `  ${a.enableCommand}`,
+    ].join('\n');
+  }
+  if (a.provider === 'vault') {
+    return [
+      `Tenant ${a.tenantId}: bring your own HashiCorp Vault Transit key.`,
+      '',
+      `Key: ${a.mount}/keys/${a.keyName} in ${a.address}${a.namespace === null ? '' : ` (namespace ${a.namespace})`}`,
+      `Policy ${a.policyName} for the platform's login:`,
+      a.policy.trimEnd(),
+      '',
+      'The tenant runs `--format shell` (vault CLI) or `--format terraform`; then the platform runs:',
       `  ${a.enableCommand}`,
     ].join('\n');
   }

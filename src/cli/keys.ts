@@ -60,7 +60,9 @@ export async function keysCommand(sub: string, ctx: Context): Promise<number> {
         return EXIT.ok;
       }
       if (keks.length === 0) {
-        throw new UsageError(`keys ${sub} needs a KEK: --kek NAME, --aws-key-arn ARN or --gcp-key-name NAME`);
+        throw new UsageError(
+          `keys ${sub} needs a KEK: --kek NAME, --aws-key-arn ARN, --gcp-key-name NAME or --vault-address URL`,
+        );
       }
       try {
         if (dry) {
@@ -166,8 +168,23 @@ async function keksFromFlags(f: Flags, loaded: LoadedConfig, tenant: string): Pr
   const named = f.kek ?? [];
   const aws = f['aws-key-arn'] ?? [];
   const gcp = f['gcp-key-name'] ?? [];
-  const kinds = [named.length > 0, aws.length > 0, gcp.length > 0].filter(Boolean).length;
-  if (kinds > 1) throw new UsageError('give KEKs of one kind: --kek, --aws-key-arn or --gcp-key-name');
+  const vault = f['vault-address'] === undefined ? [] : [f['vault-address'] as string];
+  const kinds = [named.length > 0, aws.length > 0, gcp.length > 0, vault.length > 0].filter(Boolean).length;
+  if (kinds > 1) {
+    throw new UsageError('give KEKs of one kind: --kek, --aws-key-arn, --gcp-key-name or --vault-address');
+  }
+  const vaultOnly = [
+    'vault-namespace',
+    'vault-mount',
+    'vault-key',
+    'vault-ca',
+    'vault-approle-role-id',
+    'vault-kubernetes-role',
+    'vault-jwt-role',
+    'vault-jwt-file',
+  ].filter((k) => f[k] !== undefined);
+  if (vault.length === 0 && vaultOnly.length > 0)
+    throw new UsageError(`--${vaultOnly[0]} needs --vault-address`);
   const awsOnly = ['aws-region', 'aws-endpoint', 'aws-sts-endpoint', 'aws-role-arn', 'external-id'].filter(
     (k) => f[k] !== undefined,
   );
@@ -243,6 +260,10 @@ async function keksFromFlags(f: Flags, loaded: LoadedConfig, tenant: string): Pr
         ...(f['gcp-insecure'] ? { insecure: true } : {}),
       }),
     );
+  }
+  if (vault.length > 0) {
+    const { vaultKekFromFlags } = await import('./keys-vault.ts');
+    return [vaultKekFromFlags(f, vault[0]!)];
   }
   return [];
 }
