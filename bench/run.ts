@@ -18,6 +18,7 @@ import { guardBench } from './guard.ts';
 import { envLine, markdownTable, recordedTargets, type Section } from './lib.ts';
 import { memoryBench } from './memory.ts';
 import { retrofitBench } from './retrofit.ts';
+import { providersBench } from './providers.ts';
 import { rlsBench } from './rls.ts';
 import { selectBench } from './select.ts';
 
@@ -30,6 +31,7 @@ export const sections: readonly Section[] = [
   coldStartBench,
   memoryBench,
   rlsBench,
+  providersBench,
 ];
 
 async function main(): Promise<number> {
