@@ -25,7 +25,6 @@ export {
   type RotationReport,
   rotateBlindIndex,
 } from './drizzle/blind-reindex.ts';
-export { BLIND_INDEX_MIGRATION } from './drizzle/blind-schema.ts';
 export { rawCiphertext, restoreCiphertext } from './drizzle/guard.ts';
 export { decryptRows } from './drizzle/raw.ts';
 export { type CiphertextBinding, reencrypt } from './drizzle/reencrypt.ts';
@@ -71,8 +70,13 @@ export type {
   VaultOnboardingOptions,
 } from './keys/onboarding.ts';
 export type { RewrapMovedResult } from './keys/rewrap-moved.ts';
-export { KEY_IDENTITY_MIGRATION } from './keys/identity-schema.ts';
-export { installKeyStore, KEY_STORE_MIGRATION } from './keys/store.ts';
+export {
+  BLIND_INDEX_MIGRATION,
+  installKeyStore,
+  KEY_IDENTITY_MIGRATION,
+  KEY_STORE_MIGRATION,
+  RETROFIT_MIGRATION,
+} from './store/migrations.ts';
 export type {
   Kek,
   KekConfig,
@@ -102,6 +106,5 @@ export {
   type VerifyReport,
   verifyBackfill,
 } from './migrate/index.ts';
-export { RETROFIT_MIGRATION } from './migrate/schema.ts';
 /** The `drizzle-byok` CLI's configuration file (`drizzle-byok.config.ts`). */
 export { type ByokCliConfig, defineConfig } from './cli/config.ts';

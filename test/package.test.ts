@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { KEY_STORE_MIGRATION } from '../src/index.ts';
+import { MIGRATIONS } from '../src/store/migrations.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const run = (args: string[]) => execFileSync(process.execPath, args, { cwd: root, encoding: 'utf8' });
@@ -115,7 +115,42 @@ describe('package', () => {
     rmSync(out, { recursive: true, force: true });
   });
 
-  it('ships the key store migration exactly as the library runs it', () => {
-    expect(readFileSync(`${root}/migrations/0001_key_store.sql`, 'utf8')).toBe(KEY_STORE_MIGRATION);
+  it('the built package runs the shipped migrations/*.sql byte for byte, inlined (no file I/O in dist)', () => {
+    const files = readdirSync(`${root}/migrations`)
+      .filter((f) => f.endsWith('.sql'))
+      .sort()
+      .map((f) => readFileSync(`${root}/migrations/${f}`, 'utf8'));
+    expect(files.length).toBe(MIGRATIONS.length);
+    expect(MIGRATIONS).toEqual(files);
+    const names = [
+      'KEY_STORE_MIGRATION',
+      'RETROFIT_MIGRATION',
+      'BLIND_INDEX_MIGRATION',
+      'KEY_IDENTITY_MIGRATION',
+    ];
+    const script = `console.log(JSON.stringify(${JSON.stringify(names)}.map((n) => m[n])))`;
+    const cjs = run(['-e', `const m = require('drizzle-byok'); ${script}`]);
+    const esm = run(['--input-type=module', '-e', `const m = await import('drizzle-byok'); ${script}`]);
+    expect(JSON.parse(cjs)).toEqual(files);
+    expect(JSON.parse(esm)).toEqual(files);
+    for (const f of readdirSync(`${root}/dist`, { recursive: true, encoding: 'utf8' })) {
+      if (!/\.c?js$/.test(f)) continue;
+      expect(readFileSync(`${root}/dist/${f}`, 'utf8'), f).not.toMatch(/readFileSync\([^)]*migrations/);
+    }
+  });
+
+  it('no schema DDL is written in src/ (error messages may suggest an ALTER): migrations/*.sql is its only source', () => {
+    const offenders: string[] = [];
+    for (const f of readdirSync(`${root}/src`, { recursive: true, encoding: 'utf8' })) {
+      if (!f.endsWith('.ts')) continue;
+      if (
+        /\bCREATE\s+(TABLE|SCHEMA|(UNIQUE\s+)?INDEX|(OR\s+REPLACE\s+)?FUNCTION)\b/i.test(
+          readFileSync(`${root}/src/${f}`, 'utf8'),
+        )
+      ) {
+        offenders.push(f);
+      }
+    }
+    expect(offenders).toEqual([]);
   });
 });

@@ -6,7 +6,7 @@ import { keysCommand } from './keys.ts';
 import { migrateCommand } from './migrate.ts';
 import { type Io, toJson } from './output.ts';
 import { cliMessage, packageVersion } from './speak.ts';
-import { translateStoreError } from '../keys/store-errors.ts';
+import { translateStoreError } from '../store/errors.ts';
 
 export { EXIT } from './context.ts';
 

@@ -1,4 +1,4 @@
-import { installKeyStore } from '../keys/store.ts';
+import { installKeyStore } from '../store/migrations.ts';
 import {
   type BackfillOptions,
   type BackfillResult,

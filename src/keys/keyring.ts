@@ -38,8 +38,8 @@ import { type RewrapMovedResult, rewrapMovedKeys } from './rewrap-moved.ts';
 import { type Heartbeat, type HeartbeatOptions, isRefusal, startHeartbeat } from './heartbeat.ts';
 import { byokAudit, byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 import { loadTelemetry, withSpan } from './telemetry.ts';
-import { rethrowStoreError, translateStoreError } from './store-errors.ts';
-import { installKeyStore } from './store.ts';
+import { rethrowStoreError, translateStoreError } from '../store/errors.ts';
+import { installKeyStore } from '../store/migrations.ts';
 
 export type AnyPgDatabase = PgDatabase<any, any, any>;
 

@@ -8,7 +8,7 @@ import {
   KeyStoreMissingError,
   TenantShreddedError,
 } from '../errors.ts';
-import { translateStoreError } from '../keys/store-errors.ts';
+import { translateStoreError } from '../store/errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { backfillJobId } from './engine.ts';
