@@ -62,8 +62,8 @@ async function run(ctx: BenchContext): Promise<void> {
   const client = postgres(url, { max: 1, onnotice: () => {} });
   const tenants = Array.from({ length: TENANTS }, (_, t) => tenantName(t));
   try {
-    const plainDb = drizzle(client);
-    const db = drizzle(client);
+    const plainDb = drizzle({ client });
+    const db = drizzle({ client });
     const keyring = createKeyring({
       db: plainDb,
       platformKek: localKek({ key: randomBytes(32) }),

@@ -60,9 +60,9 @@ async function run({ quick }: BenchContext): Promise<void> {
       });
     /** A new instance: keyring with an empty cache, its own KMS client, a Drizzle instance wrapped by it. */
     const instance = () => {
-      const db = drizzle(client);
+      const db = drizzle({ client });
       const keyring = createKeyring({
-        db: drizzle(client),
+        db: drizzle({ client }),
         platformKek: platformKek(),
         unwrapConcurrency: UNWRAP_CONCURRENCY,
         cache: { maxAgeMs: 3_600_000 },

@@ -98,7 +98,7 @@ async function run({ quick }: BenchContext): Promise<void> {
   const client = postgres(url, { max: 4, onnotice: () => {} });
   const runId = `bench-mem-${process.pid}-${Date.now()}`;
   const tenants = Array.from({ length: tenantsN }, (_, i) => `${runId}-${i}`);
-  const db = drizzle(client);
+  const db = drizzle({ client });
   const keyring = createKeyring({
     db,
     platformKek: localKek({ key: randomBytes(32) }),

@@ -13,7 +13,7 @@ import { backendPids, processCpuSeconds } from './lib.ts';
 
 const env = process.env;
 const client = postgres(env.DATABASE_URL!, { max: 4, onnotice: () => {} });
-const db = drizzle(client);
+const db = drizzle({ client });
 const keyring = createKeyring({ db, platformKek: localKek({ key: env.PLATFORM_KEY! }) });
 const s = retrofitSchema(env.SCHEMA!);
 try {

@@ -170,7 +170,7 @@ async function run({ quick }: BenchContext): Promise<void> {
   );
   const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
   const sql = postgres(url, { max: 4, onnotice: () => {} });
-  const db = drizzle(sql);
+  const db = drizzle({ client: sql });
   const runId = `bench-${process.pid}-${Date.now()}`;
   const platformKey = randomBytes(32).toString('base64');
   const keyring = createKeyring({ db, platformKek: localKek({ key: platformKey }) });

@@ -56,7 +56,7 @@ export const rlsBench: Section = {
     let app: postgres.Sql | undefined;
     let appRls: postgres.Sql | undefined;
     try {
-      await createKeyring({ db: drizzle(admin), platformKek: kek }).installKeyStore();
+      await createKeyring({ db: drizzle({ client: admin }), platformKek: kek }).installKeyStore();
       const ddl = (name: string) =>
         `create table "${schemaName}".${name} (id integer primary key, tenant_id text not null, title text, body bytea)`;
       for (const stmt of [
@@ -77,8 +77,8 @@ export const rlsBench: Section = {
       appUrl.username = role;
       app = postgres(appUrl.toString(), { max: 4, onnotice: () => {} });
       appRls = postgres(appUrl.toString(), { max: 4, onnotice: () => {} });
-      const db = drizzle(app);
-      const dbRls = drizzle(appRls);
+      const db = drizzle({ client: app });
+      const dbRls = drizzle({ client: appRls });
       const keyring = createKeyring({ db, platformKek: kek });
       const keyringRls = createKeyring({ db: dbRls, platformKek: kek });
       withEncryption(db, keyring, { tenantColumn: 'tenant_id' });

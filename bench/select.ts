@@ -113,8 +113,8 @@ async function run(ctx: BenchContext): Promise<void> {
   const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
   const client = postgres(url, { max: 1, onnotice: () => {} });
   try {
-    const plainDb = drizzle(client);
-    const db = drizzle(client);
+    const plainDb = drizzle({ client });
+    const db = drizzle({ client });
     const keyring = createKeyring({
       db: plainDb,
       platformKek: localKek({ key: randomBytes(32) }),

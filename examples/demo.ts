@@ -66,7 +66,7 @@ console.log('Embedded PostgreSQL (PGlite, in memory): no server, no cloud accoun
 
 // 1. Setup ------------------------------------------------------------------------------------
 const pg = new PGlite();
-const db = drizzle(pg);
+const db = drizzle({ client: pg });
 const platformKek = localKek({ key: randomBytes(32) });
 const keyring = createKeyring({ db, platformKek });
 withEncryption(db, keyring, { tenantColumn: 'tenant_id' });

@@ -96,7 +96,7 @@ describe.runIf(DATABASE_URL !== undefined)(
       url.pathname = `/${dbName}`;
       dbUrl = url.toString();
       client = postgres(dbUrl, { max: 2, onnotice: () => {} });
-      const db = drizzle(client);
+      const db = drizzle({ client });
       await installKeyStore(db);
       keyring = createKeyring({ db, platformKek: localKek({ key: oldKey }) });
       env = {
@@ -221,7 +221,10 @@ describe.runIf(DATABASE_URL !== undefined)(
       );
       expect(again.stdout).toMatch(/remove it from previousPlatformKeks/);
       // a data key under a platform key neither config knows: reported, exit 3
-      const stray = createKeyring({ db: drizzle(client), platformKek: localKek({ key: randomBytes(32) }) });
+      const stray = createKeyring({
+        db: drizzle({ client }),
+        platformKek: localKek({ key: randomBytes(32) }),
+      });
       await keysOf(stray).createDek(uniqueTenant('stray'), { rotate: false });
       await stray.close();
       const left = await inProcess(['keys', 'rewrap-platform', '--json', '--no-progress'], rotated);

@@ -55,7 +55,7 @@ describe.runIf(DATABASE_URL !== undefined)(
     beforeAll(async () => {
       vault = await startVaultServer();
       client = postgres(DATABASE_URL!, { max: 2, onnotice: () => {} });
-      const db = drizzle(client);
+      const db = drizzle({ client });
       await installKeyStore(db);
       keyring = createKeyring({
         db,

@@ -219,11 +219,11 @@ let db: any; let close: () => Promise<void>;
 if (url) {
   const { drizzle } = await import('drizzle-orm/postgres-js');
   const { default: postgres } = await import('postgres');
-  const client = postgres(url); db = drizzle(client); close = () => client.end();
+  const client = postgres(url); db = drizzle({ client }); close = () => client.end();
 } else {
   const { drizzle } = await import('drizzle-orm/pglite');
   const { PGlite } = await import('@electric-sql/pglite');
-  const client = new PGlite(process.env.PGLITE_DIR!); db = drizzle(client); close = () => client.close();
+  const client = new PGlite(process.env.PGLITE_DIR!); db = drizzle({ client }); close = () => client.close();
 }
 const keyring = createKeyring({ db, platformKek: localKek({ key: randomBytes(32) }) });
 await keyring.installKeyStore();

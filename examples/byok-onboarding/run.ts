@@ -46,7 +46,7 @@ const brief = (s: TenantStatus) =>
 const aws = await startAwsKmsServer();
 const platformUser = aws.addUser({ name: 'platform-app' });
 const pg = new PGlite();
-const db = drizzle(pg);
+const db = drizzle({ client: pg });
 const keyring = createKeyring({
   db,
   platformKek: localKek({ key: randomBytes(32) }),

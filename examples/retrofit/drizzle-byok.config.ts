@@ -13,7 +13,7 @@ import { awsKekFactory } from '../../src/kms/aws.ts';
 import { retrofitTables } from './schema.ts';
 
 export default defineConfig({
-  db: () => drizzle(new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 })),
+  db: () => drizzle({ client: new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 4 }) }),
   keyring: (db) =>
     createKeyring({
       db,

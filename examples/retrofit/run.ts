@@ -27,7 +27,7 @@ const ROWS = 20_000;
 const TENANTS = 25;
 const step = (n: number, title: string) => console.log(`\n${n}. ${title}`);
 const pg = new PGlite();
-const db = drizzle(pg);
+const db = drizzle({ client: pg });
 const raw = async (q: string) => (await pg.query<Record<string, unknown>>(q)).rows;
 const show = (rows: Record<string, unknown>[]) =>
   console.table(
@@ -55,7 +55,7 @@ await pg.query(
           lpad((g * 7919 % 1000000000)::text, 9, '0')
    from generate_series(1, ${ROWS}) g`,
 );
-const oldApp = drizzle(pg);
+const oldApp = drizzle({ client: pg });
 console.log(await oldApp.select().from(before).where(eq(before.id, 1)));
 
 step(1, 'Install the key store and checkpoint tables (drizzle-byok migrate install)');

@@ -18,7 +18,7 @@ import { type ResolvedTarget, type RetrofitTableConfig, resolveTarget } from '..
  * import { users } from './src/schema.ts';
  *
  * export default defineConfig({
- *   db: () => drizzle(process.env.DATABASE_URL!),
+ *   db: () => drizzle({ connection: process.env.DATABASE_URL! }),
  *   keyring: (db) =>
  *     createKeyring({ db, platformKek: localKek({ key: process.env.PLATFORM_KEK! }),
  *                     kekFactories: { 'aws-kms': awsKekFactory } }),

@@ -141,7 +141,7 @@ export function withEncryption<TDb extends AnyPgDatabase>(
   return db;
 }
 
-/** Tables of the schema given to `drizzle(client, { schema })`, if any. */
+/** Tables of the schema given to `drizzle({ client, schema })`, if any. */
 function schemaTables(d: MutableDb): unknown[] {
   const full = (d as { _?: { fullSchema?: Record<string, unknown> } })._?.fullSchema;
   return full === undefined ? [] : Object.values(full);
