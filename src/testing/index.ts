@@ -7,3 +7,4 @@
 export * from './aws.ts';
 export * from './gcp.ts';
 export * from './vault/index.ts';
+export * from './azure/index.ts';
