@@ -6,7 +6,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Kek } from '../src/index.ts';
-import { awsHarness, gcpHarness, type ProviderHarness, vaultHarness } from '../test/helpers/providers.ts';
+import {
+  awsHarness,
+  azureHarness,
+  gcpHarness,
+  type ProviderHarness,
+  vaultHarness,
+} from '../test/helpers/providers.ts';
 import { type BenchContext, fmtMs, markdownTable, median, printSectionHeader, type Section } from './lib.ts';
 
 async function measure(h: ProviderHarness, rounds: number): Promise<[string, string, string, string]> {
@@ -52,7 +58,8 @@ export const providersBench: Section = {
       'heartbeat cost: one unwrap per active KEK of each watched tenant per interval (test/lifecycle-providers.test.ts)',
     ]);
     const rows = [];
-    for (const h of [awsHarness(), gcpHarness(), vaultHarness()]) rows.push(await measure(h, rounds));
+    for (const h of [awsHarness(), gcpHarness(), azureHarness(), vaultHarness()])
+      rows.push(await measure(h, rounds));
     console.log(markdownTable(['provider', 'cold unwrap', 'warm unwrap', 'unwrap calls per unwrap'], rows));
   },
 };

@@ -9,10 +9,16 @@ import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyAccessDeniedError, localKek, TenantShreddedError, withTenant } from '../src/index.ts';
 import { MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
-import { awsHarness, gcpHarness, type ProviderHarness, vaultHarness } from './helpers/providers.ts';
+import {
+  awsHarness,
+  azureHarness,
+  gcpHarness,
+  type ProviderHarness,
+  vaultHarness,
+} from './helpers/providers.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
 
-const providers: ProviderHarness[] = [awsHarness(), gcpHarness(), vaultHarness()];
+const providers: ProviderHarness[] = [awsHarness(), gcpHarness(), azureHarness(), vaultHarness()];
 
 describe.each(providers.map((p, i) => ({ p, other: providers[(i + 1) % providers.length]!, name: p.name })))(
   'BYOK lifecycle on $name (real client, local server)',

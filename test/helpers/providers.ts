@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Kek, KekFactory } from '../../src/index.ts';
 import { awsKekFactory, awsKms } from '../../src/kms/aws.ts';
+import { azureKekFactory, azureKeyVault } from '../../src/kms/azure/index.ts';
 import { gcpKekFactory, gcpKms } from '../../src/kms/gcp.ts';
 import { vaultKekFactory, vaultTransit } from '../../src/kms/vault/index.ts';
 import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../../src/testing/aws-kms-server.ts';
@@ -14,6 +15,11 @@ import {
   type GcpServiceAccountKey,
   startGcpKmsServer,
 } from '../../src/testing/gcp-kms-server.ts';
+import {
+  type AzureAppRegistration,
+  type AzureKeyVaultServer,
+  startAzureKeyVaultServer,
+} from '../../src/testing/azure/index.ts';
 import { startVaultServer, type VaultServer } from '../../src/testing/vault/index.ts';
 
 /** A tenant's key, as the tenant's administrator acts on it. */
@@ -209,5 +215,47 @@ export function vaultHarness(): ProviderHarness {
     resetCounters: () => vault.counters.reset(),
     outage: () => vault.faults.fail(1_000_000, 503),
     recover: () => vault.faults.clear(),
+  };
+}
+
+export function azureHarness(): ProviderHarness {
+  let az: AzureKeyVaultServer;
+  let app: AzureAppRegistration;
+  return {
+    name: 'Azure Key Vault',
+    kind: 'azure-key-vault',
+    factory: azureKekFactory,
+    async start() {
+      az = await startAzureKeyVaultServer();
+      app = az.addApp();
+    },
+    stop: () => az.close(),
+    async newKey() {
+      const keyId = az.createKey();
+      const name = keyId.slice(keyId.lastIndexOf('/') + 1);
+      az.grant(name, app.clientId);
+      return {
+        keyRef: keyId,
+        kek: () =>
+          azureKeyVault({
+            keyId,
+            credential: { type: 'client-secret', ...app },
+            authorityHost: az.url,
+            caCertificate: az.caCertificate,
+            timeoutMs: 3000,
+            retries: 0,
+          }),
+        rotateVersion: () => void az.rotateKey(name),
+        retireOldVersions() {
+          for (const v of az.versions(name).slice(0, -1)) az.setEnabled(name, false, v);
+        },
+        revoke: () => az.revoke(name, app.clientId),
+        restore: () => az.grant(name, app.clientId),
+      };
+    },
+    unwraps: () => az.counters.operation('unwrapKey'),
+    resetCounters: () => az.counters.reset(),
+    outage: () => az.faults.fail(1_000_000, 503, { operations: ['getKey', 'wrapKey', 'unwrapKey'] }),
+    recover: () => az.faults.clear(),
   };
 }
