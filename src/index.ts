@@ -68,6 +68,8 @@ export type {
   OnboardingOptions,
   VaultOnboarding,
   VaultOnboardingOptions,
+  AzureOnboarding,
+  AzureOnboardingOptions,
 } from './keys/onboarding.ts';
 export type { RewrapMovedResult } from './keys/rewrap-moved.ts';
 export {

@@ -272,6 +272,33 @@ describe('Azure Key Vault KEK: credentials, rotation, configuration', () => {
     ).rejects.toBeInstanceOf(KmsCredentialsError);
   });
 
+  it('managed identity (App Service protocol: IDENTITY_ENDPOINT / IDENTITY_HEADER) wraps and unwraps', async () => {
+    const mi = az.addManagedIdentity();
+    const { id, name } = newKey();
+    az.grant(name, mi.clientId);
+    const saved = {
+      IDENTITY_ENDPOINT: process.env.IDENTITY_ENDPOINT,
+      IDENTITY_HEADER: process.env.IDENTITY_HEADER,
+    };
+    Object.assign(process.env, az.managedIdentityEnv);
+    try {
+      const kek = kekFor(id, { type: 'managed-identity' });
+      const dek = randomBytes(32);
+      const w = await kek.wrapIdentified(dek, ctx);
+      expect(Buffer.from(await kek.unwrap(w.wrapped, ctx, w.wrappedBy))).toEqual(dek);
+      expect(az.counters.calls.some((c) => c.operation === 'managed-identity' && c.status === 200)).toBe(
+        true,
+      );
+      az.revoke(name, mi.clientId);
+      await expect(kek.unwrap(w.wrapped, ctx, w.wrappedBy)).rejects.toBeInstanceOf(KeyAccessDeniedError);
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
+
   it('rotation: wraps record their version, old wraps unwrap by it, describe names the new current version', async () => {
     const { id, name } = newKey();
     const kek = kekFor(id);

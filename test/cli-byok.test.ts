@@ -158,7 +158,7 @@ describe.runIf(DATABASE_URL !== undefined)(
       expect(badFormat.stderr).toMatch(/--format must be one of text, json, shell, terraform/);
       const noProvider = await inProcess(['keys', 'onboard', T, '--region', 'us-east-1'], env);
       expect(noProvider.code).toBe(2);
-      expect(noProvider.stderr).toMatch(/needs one of --aws, --gcp or --vault/);
+      expect(noProvider.stderr).toMatch(/needs one of --aws, --gcp, --azure or --vault/);
       const missing = await inProcess(['keys', 'onboard', T, '--aws', '--region', 'us-east-1'], env);
       expect(missing.stderr).toMatch(/needs --platform-principal/);
 

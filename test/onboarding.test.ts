@@ -270,7 +270,9 @@ describe('onboarding: the README and the generated policies, applied verbatim', 
         () => new Error('accepted'),
         (x: unknown) => x as Error,
       );
-    expect((await bad({ provider: 'azure' })).message).toMatch(/provider must be "aws", "gcp" or "vault"/);
+    expect((await bad({ provider: 'kmip' })).message).toMatch(
+      /provider must be "aws", "gcp", "azure" or "vault"/,
+    );
     expect(
       (
         await bad({

@@ -31,12 +31,14 @@ Keys (one tenant's key lifecycle):
   keys health [--tenant X]...                       check every BYOK tenant's keys (exit 3 if any is not ok)
   keys shred   <tenant> --confirm <tenant>          destroy every data key: the tenant's data is gone
                [--allow-no-keys]                    also for a tenant that has no data key (blocks the id)
-  keys onboard <tenant> --aws|--gcp|--vault         artifacts for the tenant's key admin: key policy,
+  keys onboard <tenant> --aws|--gcp|--azure|--vault artifacts for the tenant's key admin: key policy,
                [--format text|json|shell|terraform]  role trust with the external id issued (and stored),
                                                     aws/gcloud commands, Terraform
        --aws --platform-principal ARN --tenant-account ID [--role-name N] [--key-alias alias/N]
              [--rotate-external-id]
        --gcp --service-account EMAIL --project ID [--key-ring R] [--key-id K]   (--aws, --gcp: --region R...)
+       --azure --azure-principal OBJECT_ID --azure-subscription ID --azure-resource-group RG
+             --azure-vault NAME --azure-location REGION [--azure-key K]
        --vault --vault-address URL [--vault-namespace NS] [--vault-mount M] [--vault-key K]
              [--vault-auth approle|kubernetes|jwt] [--vault-role R]
              [--k8s-service-account SA --k8s-namespace NS] [--jwt-subject S --jwt-audience A]
@@ -49,6 +51,9 @@ Keys (one tenant's key lifecycle):
        [--aws-endpoint URL] [--aws-sts-endpoint URL]            (credentials: the AWS default chain)
      | --gcp-key-name projects/.../cryptoKeys/K... [--gcp-credentials key.json]
        [--gcp-endpoint HOST[:PORT]] [--gcp-insecure]
+     | --azure-key-id https://V.vault.azure.net/keys/K [--azure-tenant-id T --azure-client-id C
+       (secret: env AZURE_CLIENT_SECRET) | --azure-managed-identity [--azure-client-id C]]
+       [--azure-authority-host URL] [--azure-ca ca.pem]       (default: DefaultAzureCredential)
      | --vault-address URL --vault-key K [--vault-namespace NS] [--vault-mount M] [--vault-ca ca.pem]
        --vault-approle-role-id ID (secret id: env VAULT_SECRET_ID) | --vault-kubernetes-role R
        | --vault-jwt-role R --vault-jwt-file F | (token: env VAULT_TOKEN)
@@ -98,6 +103,19 @@ const OPTIONS = {
   'gcp-endpoint': { type: 'string' },
   'gcp-insecure': { type: 'boolean' },
   'gcp-credentials': { type: 'string' },
+  'azure-key-id': { type: 'string', multiple: true },
+  'azure-tenant-id': { type: 'string' },
+  'azure-client-id': { type: 'string' },
+  'azure-managed-identity': { type: 'boolean' },
+  'azure-authority-host': { type: 'string' },
+  'azure-ca': { type: 'string' },
+  'azure-principal': { type: 'string' },
+  'azure-subscription': { type: 'string' },
+  'azure-resource-group': { type: 'string' },
+  'azure-vault': { type: 'string' },
+  'azure-location': { type: 'string' },
+  'azure-key': { type: 'string' },
+  azure: { type: 'boolean' },
   'vault-address': { type: 'string' },
   'vault-namespace': { type: 'string' },
   'vault-mount': { type: 'string' },
@@ -143,6 +161,12 @@ const KEK_FLAGS = [
   'gcp-endpoint',
   'gcp-insecure',
   'gcp-credentials',
+  'azure-key-id',
+  'azure-tenant-id',
+  'azure-client-id',
+  'azure-managed-identity',
+  'azure-authority-host',
+  'azure-ca',
   'vault-address',
   'vault-namespace',
   'vault-mount',
@@ -193,6 +217,13 @@ const ALLOWED: Record<string, readonly string[]> = {
     'project',
     'key-ring',
     'key-id',
+    'azure',
+    'azure-principal',
+    'azure-subscription',
+    'azure-resource-group',
+    'azure-vault',
+    'azure-location',
+    'azure-key',
     'vault',
     'vault-address',
     'vault-namespace',

@@ -13,15 +13,15 @@ export async function onboardCommand(ctx: Context): Promise<number> {
     throw new UsageError(`keys onboard needs exactly one tenant id (got ${ctx.args.length})`);
   const tenant = ctx.args[0]!;
   const f = ctx.flags;
-  const chosen = (['aws', 'gcp', 'vault'] as const).filter((p) => f[p] === true);
-  if (chosen.length !== 1) throw new UsageError('keys onboard needs one of --aws, --gcp or --vault');
+  const chosen = (['aws', 'gcp', 'azure', 'vault'] as const).filter((p) => f[p] === true);
+  if (chosen.length !== 1) throw new UsageError('keys onboard needs one of --aws, --gcp, --azure or --vault');
   const provider = chosen[0]!;
   const format = (f.format as string | undefined) ?? (ctx.json ? 'json' : 'text');
   if (!(FORMATS as readonly string[]).includes(format)) {
     throw new UsageError(`--format must be one of ${FORMATS.join(', ')} (got ${JSON.stringify(format)})`);
   }
   const regions = (f.region as string[] | undefined) ?? [];
-  if (regions.length === 0 && provider !== 'vault') {
+  if (regions.length === 0 && (provider === 'aws' || provider === 'gcp')) {
     throw new UsageError('keys onboard needs --region (once per region of the key)');
   }
   const need = (name: string): string => {
@@ -32,6 +32,14 @@ export async function onboardCommand(ctx: Context): Promise<number> {
   const only: Record<typeof provider, readonly string[]> = {
     aws: ['platform-principal', 'tenant-account', 'role-name', 'key-alias', 'rotate-external-id'],
     gcp: ['service-account', 'project', 'key-ring', 'key-id'],
+    azure: [
+      'azure-principal',
+      'azure-subscription',
+      'azure-resource-group',
+      'azure-vault',
+      'azure-location',
+      'azure-key',
+    ],
     vault: [
       'vault-address',
       'vault-namespace',
@@ -45,7 +53,7 @@ export async function onboardCommand(ctx: Context): Promise<number> {
       'jwt-audience',
     ],
   };
-  for (const other of ['aws', 'gcp', 'vault'] as const) {
+  for (const other of ['aws', 'gcp', 'azure', 'vault'] as const) {
     if (other === provider) continue;
     for (const name of only[other]) {
       if (f[name] !== undefined && !only[provider].includes(name)) {
@@ -53,7 +61,9 @@ export async function onboardCommand(ctx: Context): Promise<number> {
       }
     }
   }
-  if (provider === 'vault' && regions.length > 0) throw new UsageError('--region goes with --aws or --gcp');
+  if ((provider === 'vault' || provider === 'azure') && regions.length > 0) {
+    throw new UsageError('--region goes with --aws or --gcp');
+  }
   const opt = (flag: string, key: string) => (f[flag] === undefined ? {} : { [key]: f[flag] as string });
   const options: OnboardingOptions =
     provider === 'aws'
@@ -66,30 +76,40 @@ export async function onboardCommand(ctx: Context): Promise<number> {
           ...opt('key-alias', 'keyAlias'),
           ...(f['rotate-external-id'] ? { rotateExternalId: true } : {}),
         }
-      : provider === 'gcp'
+      : provider === 'azure'
         ? {
-            provider: 'gcp',
-            serviceAccount: need('service-account'),
-            project: need('project'),
-            regions,
-            ...opt('key-ring', 'keyRing'),
-            ...opt('key-id', 'key'),
+            provider: 'azure',
+            principalObjectId: need('azure-principal'),
+            subscriptionId: need('azure-subscription'),
+            resourceGroup: need('azure-resource-group'),
+            vaultName: need('azure-vault'),
+            location: need('azure-location'),
+            ...opt('azure-key', 'keyName'),
           }
-        : {
-            provider: 'vault',
-            address: need('vault-address'),
-            ...opt('vault-namespace', 'namespace'),
-            ...opt('vault-mount', 'mount'),
-            ...opt('vault-key', 'keyName'),
-            ...(f['vault-auth'] === undefined
-              ? {}
-              : { auth: f['vault-auth'] as 'approle' | 'kubernetes' | 'jwt' }),
-            ...opt('vault-role', 'roleName'),
-            ...opt('k8s-service-account', 'serviceAccount'),
-            ...opt('k8s-namespace', 'serviceAccountNamespace'),
-            ...opt('jwt-subject', 'boundSubject'),
-            ...opt('jwt-audience', 'boundAudience'),
-          };
+        : provider === 'gcp'
+          ? {
+              provider: 'gcp',
+              serviceAccount: need('service-account'),
+              project: need('project'),
+              regions,
+              ...opt('key-ring', 'keyRing'),
+              ...opt('key-id', 'key'),
+            }
+          : {
+              provider: 'vault',
+              address: need('vault-address'),
+              ...opt('vault-namespace', 'namespace'),
+              ...opt('vault-mount', 'mount'),
+              ...opt('vault-key', 'keyName'),
+              ...(f['vault-auth'] === undefined
+                ? {}
+                : { auth: f['vault-auth'] as 'approle' | 'kubernetes' | 'jwt' }),
+              ...opt('vault-role', 'roleName'),
+              ...opt('k8s-service-account', 'serviceAccount'),
+              ...opt('k8s-namespace', 'serviceAccountNamespace'),
+              ...opt('jwt-subject', 'boundSubject'),
+              ...opt('jwt-audience', 'boundAudience'),
+            };
   const loaded = await ctx.config();
   const a = await loaded.keyring.onboarding(tenant, options);
   if (format === 'json') ctx.io.stdout.write(`${JSON.stringify(a, null, 2)}\n`);
@@ -116,6 +136,17 @@ function onboardingText(a: Onboarding): string {
       j(a.roleTrustPolicy),
       '',
       'The tenant runs `--format shell` (aws CLI) or `--format terraform`; then the platform runs:',
+      `  ${a.enableCommand}`,
+    ].join('\n');
+  }
+  if (a.provider === 'azure') {
+    return [
+      `Tenant ${a.tenantId}: bring your own Azure Key Vault key.`,
+      '',
+      `Key id: ${a.keyId}`,
+      `Role assignment: ${a.role} on ${a.scope}`,
+      '',
+      'The tenant runs `--format shell` (az CLI) or `--format terraform`; then the platform runs:',
       `  ${a.enableCommand}`,
     ].join('\n');
   }

@@ -61,7 +61,7 @@ export async function keysCommand(sub: string, ctx: Context): Promise<number> {
       }
       if (keks.length === 0) {
         throw new UsageError(
-          `keys ${sub} needs a KEK: --kek NAME, --aws-key-arn ARN, --gcp-key-name NAME or --vault-address URL`,
+          `keys ${sub} needs a KEK: --kek NAME, --aws-key-arn ARN, --gcp-key-name NAME, --azure-key-id URL or --vault-address URL`,
         );
       }
       try {
@@ -169,10 +169,24 @@ async function keksFromFlags(f: Flags, loaded: LoadedConfig, tenant: string): Pr
   const aws = f['aws-key-arn'] ?? [];
   const gcp = f['gcp-key-name'] ?? [];
   const vault = f['vault-address'] === undefined ? [] : [f['vault-address'] as string];
-  const kinds = [named.length > 0, aws.length > 0, gcp.length > 0, vault.length > 0].filter(Boolean).length;
+  const azure = (f['azure-key-id'] as string[] | undefined) ?? [];
+  const kinds = [named.length > 0, aws.length > 0, gcp.length > 0, azure.length > 0, vault.length > 0].filter(
+    Boolean,
+  ).length;
   if (kinds > 1) {
-    throw new UsageError('give KEKs of one kind: --kek, --aws-key-arn, --gcp-key-name or --vault-address');
+    throw new UsageError(
+      'give KEKs of one kind: --kek, --aws-key-arn, --gcp-key-name, --azure-key-id or --vault-address',
+    );
   }
+  const azureOnly = [
+    'azure-tenant-id',
+    'azure-client-id',
+    'azure-managed-identity',
+    'azure-authority-host',
+    'azure-ca',
+  ].filter((k) => f[k] !== undefined);
+  if (azure.length === 0 && azureOnly.length > 0)
+    throw new UsageError(`--${azureOnly[0]} needs --azure-key-id`);
   const vaultOnly = [
     'vault-namespace',
     'vault-mount',
@@ -260,6 +274,10 @@ async function keksFromFlags(f: Flags, loaded: LoadedConfig, tenant: string): Pr
         ...(f['gcp-insecure'] ? { insecure: true } : {}),
       }),
     );
+  }
+  if (azure.length > 0) {
+    const { azureKeksFromFlags } = await import('./keys-azure.ts');
+    return azureKeksFromFlags(f, azure);
   }
   if (vault.length > 0) {
     const { vaultKekFromFlags } = await import('./keys-vault.ts');

@@ -9,6 +9,8 @@
  *   CLI commands and a Terraform snippet (multi-region key replicated to every region given);
  * - Cloud KMS: the IAM bindings for the platform's service account, the `gcloud` commands and a
  *   Terraform snippet;
+ * - Azure Key Vault: the role assignment on the key, the `az` commands and a Terraform snippet
+ *   (`./onboarding-azure.ts`);
  * - Vault Transit: the ACL policy (HCL), the auth role, the `vault` commands and a Terraform snippet
  *   (`./onboarding-vault.ts`).
  * `enableByok` / `rotateKek` (and `keys enable`) then refuse an assume-role KEK whose external id
@@ -20,6 +22,12 @@ import { assertTenantId, scopeStorage } from '../drizzle/scope.ts';
 import { ByokConfigError } from '../errors.ts';
 import type { Kek } from '../kms/kek.ts';
 import { byokOnboarding } from './identity-schema.ts';
+import {
+  type AzureOnboarding,
+  type AzureOnboardingOptions,
+  azureArtifacts,
+  validateAzureOnboarding,
+} from './onboarding-azure.ts';
 import {
   type VaultOnboarding,
   type VaultOnboardingOptions,
@@ -64,9 +72,14 @@ export interface GcpOnboardingOptions {
   readonly key?: string;
 }
 
+export type { AzureOnboarding, AzureOnboardingOptions } from './onboarding-azure.ts';
 export type { VaultOnboarding, VaultOnboardingOptions } from './onboarding-vault.ts';
 
-export type OnboardingOptions = AwsOnboardingOptions | GcpOnboardingOptions | VaultOnboardingOptions;
+export type OnboardingOptions =
+  | AwsOnboardingOptions
+  | GcpOnboardingOptions
+  | AzureOnboardingOptions
+  | VaultOnboardingOptions;
 
 /** An IAM policy statement as AWS writes them. */
 export interface AwsPolicyStatement {
@@ -116,7 +129,7 @@ export interface GcpOnboarding {
   readonly enableCommand: string;
 }
 
-export type Onboarding = AwsOnboarding | GcpOnboarding | VaultOnboarding;
+export type Onboarding = AwsOnboarding | GcpOnboarding | AzureOnboarding | VaultOnboarding;
 
 const REGION_RE = /^[a-z]{2,4}(-[a-z]+)+-\d{1,2}$/;
 const GCP_LOCATION_RE = /^(global|[a-z]+(-[a-z]+)*\d*)$/;
@@ -383,7 +396,7 @@ export function gcpArtifacts(tenantId: string, o: GcpOnboardingOptions): GcpOnbo
 
 function validate(o: OnboardingOptions): OnboardingOptions {
   if (o === null || typeof o !== 'object')
-    throw bad('options are required: { provider: "aws" | "gcp" | "vault", ... }');
+    throw bad('options are required: { provider: "aws" | "gcp" | "azure" | "vault", ... }');
   if (o.provider === 'aws') {
     if (typeof o.platformPrincipal !== 'string' || !PRINCIPAL_RE.test(o.platformPrincipal)) {
       throw bad(
@@ -434,8 +447,9 @@ function validate(o: OnboardingOptions): OnboardingOptions {
     return o;
   }
   if (o.provider === 'vault') return validateVaultOnboarding(o);
+  if (o.provider === 'azure') return validateAzureOnboarding(o);
   throw bad(
-    `provider must be "aws", "gcp" or "vault" (got ${JSON.stringify((o as { provider?: unknown }).provider)})`,
+    `provider must be "aws", "gcp", "azure" or "vault" (got ${JSON.stringify((o as { provider?: unknown }).provider)})`,
   );
 }
 
@@ -469,6 +483,7 @@ export async function onboarding(
         .values(row)
         .onConflictDoUpdate({ target: byokOnboarding.tenantId, set: row });
       if (o.provider === 'vault') return vaultArtifacts(tenantId, o);
+      if (o.provider === 'azure') return azureArtifacts(tenantId, o);
       return o.provider === 'aws' ? awsArtifacts(tenantId, o, externalId!) : gcpArtifacts(tenantId, o);
     });
   });
