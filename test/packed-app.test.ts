@@ -184,6 +184,57 @@ await vault.close();
     expect(c.stdout).toBe('function function\n');
   });
 
+  it('an app with only the Azure packages installed imports drizzle-byok/azure and /testing/azure and wraps through the local Key Vault', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'byok-app-azure-'));
+    try {
+      writeFileSync(
+        join(dir, 'package.json'),
+        JSON.stringify({ name: 'azure-app', private: true, type: 'module' }),
+      );
+      const tarball = readdirSync(app).find((f) => f.endsWith('.tgz'))!;
+      const pin = (name: string) => `${name}@${lock[`node_modules/${name}`]!.version}`;
+      const r = sh(
+        'npm',
+        [
+          'install',
+          '--prefer-offline',
+          '--no-audit',
+          '--no-fund',
+          join(app, tarball),
+          pin('drizzle-orm'),
+          pin('@azure/keyvault-keys'),
+          pin('@azure/identity'),
+        ],
+        dir,
+      );
+      expect(r.status, r.stderr).toBe(0);
+      for (const other of ['@aws-sdk/client-kms', '@google-cloud/kms'])
+        expect(existsSync(join(dir, 'node_modules', other)), other).toBe(false);
+      writeFileSync(
+        join(dir, 'main.mjs'),
+        `import { randomBytes } from 'node:crypto';
+import { azureKeyVault } from 'drizzle-byok/azure';
+import { startAzureKeyVaultServer } from 'drizzle-byok/testing/azure';
+const az = await startAzureKeyVaultServer();
+const app = az.addApp();
+const keyId = az.createKey('k');
+az.grant('k', app.clientId);
+const kek = azureKeyVault({ keyId, credential: { type: 'client-secret', ...app }, authorityHost: az.url, caCertificate: az.caCertificate });
+const dek = randomBytes(32);
+const { wrapped, wrappedBy } = await kek.wrapIdentified(dek, { tenantId: 't', dekId: 'd' });
+const back = await kek.unwrap(wrapped, { tenantId: 't', dekId: 'd' }, wrappedBy);
+console.log(Buffer.from(back).equals(dek) ? 'ok' : 'mismatch');
+await az.close();
+`,
+      );
+      const run = sh(process.execPath, ['main.mjs'], dir);
+      expect(run.stderr).toBe('');
+      expect(run.stdout).toBe('ok\n');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it(`drizzle-kit as configured in the README: ${DATABASE_URL ? 'push and generate include the key store, and see no change after installKeyStore() (PostgreSQL)' : 'generate includes the key store with the shipped constraint names (no server: PGlite driver)'}`, async () => {
     const kit = quickFiles('drizzle-kit');
     expect(kit.map((b) => b.file)).toEqual(['src/db/byok.ts', 'drizzle.config.ts']);
