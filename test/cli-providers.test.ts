@@ -197,7 +197,7 @@ describe.runIf(DATABASE_URL !== undefined)(
       az = await startAzureKeyVaultServer();
       dir = mkdtempSync(join(tmpdir(), 'byok-cli-azure-'));
       client = postgres(DATABASE_URL!, { max: 2, onnotice: () => {} });
-      const db = drizzle(client);
+      const db = drizzle({ client });
       await installKeyStore(db);
       keyring = createKeyring({
         db,

@@ -46,7 +46,7 @@ function pgPool(size: number, url?: () => string, tag = ''): Conn {
     open: async (schema) => {
       const pool = new pg.Pool({ connectionString: (url ?? (() => DATABASE_URL!))(), max: size });
       return {
-        db: drizzlePg(pool, { schema }),
+        db: drizzlePg({ client: pool, schema }),
         raw: async (t, p = []) => (await pool.query(t, p)).rows,
         close: () => pool.end(),
       };
@@ -65,7 +65,7 @@ function postgresJs(size: number, url?: () => string, tag = ''): Conn {
         ...(url ? { prepare: false } : {}),
       });
       return {
-        db: drizzlePostgres(c, { schema }),
+        db: drizzlePostgres({ client: c, schema }),
         raw: async (t, p = []) => (await c.unsafe(t, p as never[])) as never,
         close: () => c.end(),
       };
@@ -83,7 +83,7 @@ if (DATABASE_URL) {
       const client = new pg.Client({ connectionString: DATABASE_URL });
       await client.connect();
       return {
-        db: drizzlePg(client, { schema }),
+        db: drizzlePg({ client: client, schema }),
         raw: async (t, p = []) => (await client.query(t, p)).rows,
         close: () => client.end(),
       };
@@ -100,7 +100,7 @@ CONNS.push({
   open: async (schema) => {
     const client = new PGlite();
     return {
-      db: drizzlePglite(client, { schema }),
+      db: drizzlePglite({ client: client, schema }),
       raw: async (t, p = []) => (await client.query(t, p)).rows as never,
       close: () => client.close(),
     };
@@ -260,11 +260,11 @@ describe('the key store budget', () => {
       const s = makeSchema(uniqueName('busy'));
       const app = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
       const store = new pg.Pool({ connectionString: DATABASE_URL, max: 1 });
-      const db = drizzlePg(app, { schema: s.relational });
+      const db = drizzlePg({ client: app, schema: s.relational });
       const keyring = createKeyring({
         db,
         platformKek: localKek({ key: randomBytes(32) }),
-        keyStore: { db: drizzlePg(store), maxConcurrent: 1, waitTimeoutMs: 300 },
+        keyStore: { db: drizzlePg({ client: store }), maxConcurrent: 1, waitTimeoutMs: 300 },
       });
       withEncryption(db, keyring, { tenantColumn: 'tenant_id' });
       try {

@@ -39,7 +39,7 @@ import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
 async function emptyDatabase(driver: DriverName): Promise<{ db: AnyPgDatabase; close(): Promise<void> }> {
   if (driver === 'pglite') {
     const client = new PGlite();
-    return { db: drizzlePglite(client) as never, close: () => client.close() };
+    return { db: drizzlePglite({ client: client }) as never, close: () => client.close() };
   }
   const name = uniqueName('byok_empty');
   const admin = postgres(DATABASE_URL!, { max: 1, onnotice: () => {} });
@@ -53,7 +53,7 @@ async function emptyDatabase(driver: DriverName): Promise<{ db: AnyPgDatabase; c
   if (driver === 'postgres-js') {
     const client = postgres(url.toString(), { max: 2 });
     return {
-      db: drizzlePostgres(client) as never,
+      db: drizzlePostgres({ client: client }) as never,
       close: async () => {
         await client.end();
         await drop();
@@ -63,7 +63,7 @@ async function emptyDatabase(driver: DriverName): Promise<{ db: AnyPgDatabase; c
   const pool = new pg.Pool({ connectionString: url.toString(), max: 2 });
   pool.on('error', () => {}); // idle clients see the database dropped
   return {
-    db: drizzlePg(pool) as never,
+    db: drizzlePg({ client: pool }) as never,
     close: async () => {
       await pool.end();
       await drop();
@@ -151,11 +151,11 @@ describe('a database that cannot be reached', () => {
   const clients = {
     'postgres-js': () => {
       const c = postgres('postgres://app@127.0.0.1:1/app', { max: 1, connect_timeout: 5 });
-      return { db: drizzlePostgres(c) as never as AnyPgDatabase, close: () => c.end() };
+      return { db: drizzlePostgres({ client: c }) as never as AnyPgDatabase, close: () => c.end() };
     },
     'node-postgres': () => {
       const p = new pg.Pool({ connectionString: 'postgres://app@127.0.0.1:1/app', max: 1 });
-      return { db: drizzlePg(p) as never as AnyPgDatabase, close: () => p.end() };
+      return { db: drizzlePg({ client: p }) as never as AnyPgDatabase, close: () => p.end() };
     },
   };
   it.each(Object.keys(clients) as (keyof typeof clients)[])(
@@ -192,7 +192,7 @@ describe('a database that cannot be reached', () => {
 });
 
 describe('configuration errors', () => {
-  const db = drizzlePglite(new PGlite()) as never as AnyPgDatabase;
+  const db = drizzlePglite({ client: new PGlite() }) as never as AnyPgDatabase;
   const kek = localKek({ key: randomBytes(32) });
 
   it('every createKeyring problem is a ByokConfigError, and one error lists all of them', () => {

@@ -35,14 +35,14 @@ function apps(): { name: string; open(url: string): Promise<App>; pooled?: boole
           onnotice: () => {},
           prepare: !url.includes(':5432') ? false : true,
         });
-        return { db: drizzlePostgres(c), close: () => c.end() };
+        return { db: drizzlePostgres({ client: c }), close: () => c.end() };
       },
     },
     {
       name: 'node-postgres pool max 1',
       open: async (url) => {
         const pool = new pg.Pool({ connectionString: url, max: 1 });
-        return { db: drizzlePg(pool), close: () => pool.end() };
+        return { db: drizzlePg({ client: pool }), close: () => pool.end() };
       },
     },
     {
@@ -50,7 +50,7 @@ function apps(): { name: string; open(url: string): Promise<App>; pooled?: boole
       open: async (url) => {
         const client = new pg.Client({ connectionString: url });
         await client.connect();
-        return { db: drizzlePg(client), close: () => client.end() };
+        return { db: drizzlePg({ client: client }), close: () => client.end() };
       },
     },
   ];

@@ -24,8 +24,8 @@ describe.runIf(DATABASE_URL)('withReplicas', () => {
     const rc = postgres(replicaUrl.toString(), { max: 4, onnotice: () => {} });
     const s = makeSchema(uniqueName('repl'));
     try {
-      const primary = drizzlePostgres(pc, { schema: s.relational });
-      const replica = drizzlePostgres(rc, { schema: s.relational });
+      const primary = drizzlePostgres({ client: pc, schema: s.relational });
+      const replica = drizzlePostgres({ client: rc, schema: s.relational });
       for (const stmt of s.ddl) {
         await pc.unsafe(stmt);
         await rc.unsafe(stmt);

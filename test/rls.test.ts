@@ -50,19 +50,19 @@ for (const target of TARGETS) {
       ];
       if (target.driver === 'pglite') {
         const client = new PGlite();
-        const admin = drizzlePglite(client);
+        const admin = drizzlePglite({ client: client });
         await createKeyring({ db: admin, platformKek: localKek({ key: randomBytes(32) }) }).installKeyStore();
         for (const g of grants) await client.exec(g);
         await client.exec(
           `grant all on all tables in schema byok to "${role}"; grant all on all sequences in schema byok to "${role}"`,
         );
         await client.exec(`set role "${role}"`);
-        db = drizzlePglite(client);
+        db = drizzlePglite({ client: client });
         closeAll = () => client.close();
       } else {
         const admin = postgres(DATABASE_URL!, { max: 1, onnotice: () => {} });
         await createKeyring({
-          db: drizzlePostgres(admin),
+          db: drizzlePostgres({ client: admin }),
           platformKek: localKek({ key: randomBytes(32) }),
         }).installKeyStore();
         for (const g of grants) await admin.unsafe(g);
@@ -74,11 +74,11 @@ for (const target of TARGETS) {
         let end: () => Promise<void>;
         if (target.driver === 'postgres-js') {
           const c = postgres(appUrl, { max: 4, onnotice: () => {} });
-          db = drizzlePostgres(c);
+          db = drizzlePostgres({ client: c });
           end = () => c.end();
         } else {
           const pool = new pg.Pool({ connectionString: appUrl, max: 4 });
-          db = drizzlePg(pool);
+          db = drizzlePg({ client: pool });
           end = () => pool.end();
         }
         closeAll = async () => {

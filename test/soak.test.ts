@@ -69,11 +69,11 @@ async function soak(config: Config, seed: number): Promise<Figures> {
       onnotice: () => {},
       ...(config.pooled ? { prepare: false } : {}),
     });
-    db = drizzlePostgres(c, { schema });
+    db = drizzlePostgres({ client: c, schema });
     end = () => c.end();
   } else {
     const pool = new pg.Pool({ connectionString: url, max: config.size });
-    db = drizzlePg(pool, { schema });
+    db = drizzlePg({ client: pool, schema });
     end = () => pool.end();
   }
   const keyring = createKeyring({ db, platformKek: localKek({ key: randomBytes(32) }) });

@@ -43,6 +43,7 @@ import {
   registryFor,
   store,
 } from './blind-keys.ts';
+import { chunkText } from './chunks.ts';
 import { type EncryptedColumnState, encryptedState, refuseDatabaseDefaults } from './columns.ts';
 import { scopeStorage } from './scope.ts';
 import { nestedSql, trustSql, untrustSql } from './sql-walk.ts';
@@ -610,7 +611,7 @@ function isExcluded(v: unknown, name: string): boolean {
   if (!is(v, SQL)) return false;
   let text = '';
   for (const c of (v as SQL).queryChunks) {
-    if (c instanceof StringChunk) text += c.value.join('');
+    if (c instanceof StringChunk) text += chunkText(c);
     else if (is(c, Name)) text += `"${(c as Name).value}"`;
     else return false;
   }
@@ -733,7 +734,7 @@ function lookupChunks(
 }
 
 function emptyChunk(c: unknown): boolean {
-  return c instanceof StringChunk && c.value.join('').trim() === '';
+  return c instanceof StringChunk && chunkText(c).trim() === '';
 }
 
 /** The replacement chunks of an `eq`/`inArray` SQL node on an indexed column, or undefined. */
@@ -759,7 +760,7 @@ function lookupShape(
   if (chunks.length !== 5) return undefined;
   const [a, col, op, rhs, b] = chunks;
   if (!emptyChunk(a) || !emptyChunk(b) || !(op instanceof StringChunk) || !is(col, Column)) return undefined;
-  const text = op.value.join('');
+  const text = chunkText(op);
   if (text !== ' = ' && text !== ' in ') return undefined;
   const items = text === ' = ' ? [rhs] : Array.isArray(rhs) ? rhs : undefined;
   if (items === undefined) return undefined;

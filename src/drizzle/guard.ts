@@ -18,6 +18,7 @@ import {
 import { looksLikeEnvelope, TEXT_PREFIX, toBytes } from '../crypto/envelope.ts';
 import { ByokConfigError, EncryptedColumnUsageError } from '../errors.ts';
 import { blindState, isBlindLookup } from './blind-index.ts';
+import { chunkText } from './chunks.ts';
 import { encryptedState } from './columns.ts';
 import { isTrustedSql, trustSql } from './sql-walk.ts';
 
@@ -182,7 +183,7 @@ function unary(chunks: readonly unknown[]): Unary | undefined {
   let seen = false;
   for (const x of chunks) {
     if (x instanceof StringChunk) {
-      const t = x.value.join('');
+      const t = chunkText(x);
       if (!seen && t.trim() !== '') leading = true;
       text += t;
     } else if (x !== undefined) seen = true;
@@ -220,7 +221,7 @@ function bareColumn(c: unknown): Column | undefined {
     let n = 0;
     for (const x of (c as SQL).queryChunks) {
       if (x instanceof StringChunk) {
-        if (x.value.join('').trim() !== '') return undefined;
+        if (chunkText(x).trim() !== '') return undefined;
       } else if (x !== undefined) {
         only = x;
         n++;
@@ -339,7 +340,7 @@ function isExcluded(v: unknown, name: string): boolean {
   if (!is(v, SQL)) return false;
   let text = '';
   for (const c of (v as SQL).queryChunks) {
-    if (c instanceof StringChunk) text += c.value.join('');
+    if (c instanceof StringChunk) text += chunkText(c);
     else if (is(c, Name)) text += `"${(c as Name).value}"`;
     else return false;
   }

@@ -1,6 +1,7 @@
 import { and, Column, is, Param, Placeholder, SQL, StringChunk, Subquery, sql } from 'drizzle-orm';
 import { PgTable } from 'drizzle-orm/pg-core';
 import { ByokConfigError, NoTenantError, TenantMismatchError } from '../errors.ts';
+import { chunkText } from './chunks.ts';
 import { encryptedState } from './columns.ts';
 import { assertTenantId, scopeStorage } from './scope.ts';
 
@@ -202,9 +203,7 @@ function checkFor(value: unknown, where: string, rowParams: readonly Param[]): T
     return { kind: 'placeholder', name: (value as Placeholder).name, where, rowParams };
   if (is(value, SQL) || is(value, SQL.Aliased)) {
     const inner = is(value, SQL.Aliased) ? (value as unknown as { sql: SQL }).sql : (value as SQL);
-    const parts = inner.queryChunks.filter(
-      (c) => !(c instanceof StringChunk && c.value.join('').trim() === ''),
-    );
+    const parts = inner.queryChunks.filter((c) => !(c instanceof StringChunk && chunkText(c).trim() === ''));
     if (parts.length === 1) {
       const only = parts[0];
       if (is(only, Param) || is(only, Placeholder)) return checkFor(only, where, rowParams);
@@ -423,19 +422,19 @@ function selectReads(source: unknown, table: unknown): boolean {
  */
 function scopeConflictUpdate(onConflict: SQL, info: TenantColumnInfo): SQL {
   const chunks = onConflict.queryChunks;
-  const at = chunks.findIndex((c) => c instanceof StringChunk && c.value.join('').includes('do update set'));
+  const at = chunks.findIndex((c) => c instanceof StringChunk && chunkText(c).includes('do update set'));
   if (at < 0) return onConflict; // do nothing
   const head = chunks.slice(0, at + 2); // ... do update set <set>
   const conds: SQL[] = [];
   for (const c of chunks.slice(at + 2)) {
     if (c === undefined) continue;
-    if (c instanceof StringChunk && c.value.join('').trim() === '') continue;
+    if (c instanceof StringChunk && chunkText(c).trim() === '') continue;
     const inner = is(c, SQL) ? (c as SQL).queryChunks : undefined;
     const first = inner?.[0];
     if (
       inner === undefined ||
       !(first instanceof StringChunk) ||
-      first.value.join('').trim() !== 'where' ||
+      chunkText(first).trim() !== 'where' ||
       inner.length < 2
     ) {
       throw new ByokConfigError(

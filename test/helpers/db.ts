@@ -38,7 +38,7 @@ export async function openDb(
     const client = postgres(DATABASE_URL!, { max: 8, onnotice: () => {} });
     return {
       driver,
-      db: drizzlePostgres(client, config) as never,
+      db: drizzlePostgres({ client: client, ...config }) as never,
       raw: async (text, params = []) => (await client.unsafe(text, params as never[])) as never,
       close: () => client.end(),
     };
@@ -47,7 +47,7 @@ export async function openDb(
     const pool = new pg.Pool({ connectionString: DATABASE_URL!, max: 8 });
     return {
       driver,
-      db: drizzlePg(pool, config) as never,
+      db: drizzlePg({ client: pool, ...config }) as never,
       raw: async (text, params = []) => (await pool.query(text, params)).rows,
       close: () => pool.end(),
     };
@@ -56,7 +56,7 @@ export async function openDb(
   const client = pglite ?? new PGlite();
   return {
     driver,
-    db: drizzlePglite(client, config) as never,
+    db: drizzlePglite({ client: client, ...config }) as never,
     raw: async (text, params = []) => (await client.query(text, params)).rows as never,
     close: async () => {
       if (owned) await client.close();

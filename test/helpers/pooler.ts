@@ -38,7 +38,7 @@ export async function openPooled(
     const client = postgres(url, { max: options.max ?? 8, prepare: false, onnotice: () => {} });
     return {
       driver,
-      db: drizzlePostgres(client, config) as never,
+      db: drizzlePostgres({ client: client, ...config }) as never,
       raw: async (text, params = []) => (await client.unsafe(text, params as never[])) as never,
       close: () => client.end(),
     };
@@ -47,7 +47,7 @@ export async function openPooled(
     const pool = new pg.Pool({ connectionString: url, max: options.max ?? 8 });
     return {
       driver,
-      db: drizzlePg(pool, config) as never,
+      db: drizzlePg({ client: pool, ...config }) as never,
       raw: async (text, params = []) => (await pool.query(text, params)).rows,
       close: () => pool.end(),
     };
