@@ -28,6 +28,16 @@ export class ByokConfigError extends ByokError {
   static override code = 'ERR_BYOK_CONFIG';
 }
 
+/**
+ * The Drizzle driver a database was built with is one drizzle-byok has not been tested with
+ * (detected by the session's class, not by a version string). Refused up front rather than run
+ * unchecked: a query path not shown to pass every value through the encryption and the guard could
+ * let plaintext through.
+ */
+export class UnsupportedDrizzleError extends ByokConfigError {
+  static override code = 'ERR_BYOK_UNSUPPORTED_DRIZZLE';
+}
+
 /** A field could not be decrypted. Deliberately says nothing about why. */
 export class DecryptionFailedError extends ByokError {
   static override code = 'ERR_BYOK_DECRYPTION_FAILED';
@@ -188,6 +198,7 @@ export class KeyStoreBusyError extends ByokError {
 export type ByokErrorCode =
   | typeof ByokError.code
   | typeof ByokConfigError.code
+  | typeof UnsupportedDrizzleError.code
   | typeof DecryptionFailedError.code
   | typeof NoTenantError.code
   | typeof TenantMismatchError.code

@@ -1,7 +1,9 @@
+// A namespace import for helpers other Drizzle majors dropped: a missing one must not fail the
+// import of the whole library (the supported-version check then reports a typed error instead).
+import * as drizzleOrm from 'drizzle-orm';
 import {
   aliasedTableColumn,
   Column,
-  getOperators,
   getOrderByOperators,
   is,
   isSQLWrapper,
@@ -749,7 +751,8 @@ function checkRelational(args: RelationalArgs): void {
       aliasedTableColumn(v as never, args.tableAlias),
     ]),
   );
-  const where = typeof config.where === 'function' ? config.where(aliased, getOperators()) : config.where;
+  const where =
+    typeof config.where === 'function' ? config.where(aliased, drizzleOrm.getOperators()) : config.where;
   if (where !== undefined) expr(where, 'a relational query where');
   const extras = typeof config.extras === 'function' ? config.extras(aliased, { sql }) : config.extras;
   // Drizzle rebuilds extras without their decoder (`.mapWith` is lost): no ciphertext in them at all.
