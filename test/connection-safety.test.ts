@@ -18,6 +18,7 @@ import {
 import { DATABASE_URL, uniqueName, uniqueTenant } from './helpers/db.ts';
 import { PGBOUNCER_URL, pooledUrl } from './helpers/pooler.ts';
 import { makeSchema, type TestSchema } from './fixtures/schema.ts';
+import { relationalConfig } from './helpers/drizzle-version.ts';
 
 /**
  * Key loads never deadlock and never touch the caller's transaction, whatever the pool size and
@@ -46,7 +47,7 @@ function pgPool(size: number, url?: () => string, tag = ''): Conn {
     open: async (schema) => {
       const pool = new pg.Pool({ connectionString: (url ?? (() => DATABASE_URL!))(), max: size });
       return {
-        db: drizzlePg({ client: pool, schema }),
+        db: drizzlePg({ client: pool, ...relationalConfig(schema) }),
         raw: async (t, p = []) => (await pool.query(t, p)).rows,
         close: () => pool.end(),
       };
@@ -65,7 +66,7 @@ function postgresJs(size: number, url?: () => string, tag = ''): Conn {
         ...(url ? { prepare: false } : {}),
       });
       return {
-        db: drizzlePostgres({ client: c, schema }),
+        db: drizzlePostgres({ client: c, ...relationalConfig(schema) }),
         raw: async (t, p = []) => (await c.unsafe(t, p as never[])) as never,
         close: () => c.end(),
       };
@@ -83,7 +84,7 @@ if (DATABASE_URL) {
       const client = new pg.Client({ connectionString: DATABASE_URL });
       await client.connect();
       return {
-        db: drizzlePg({ client: client, schema }),
+        db: drizzlePg({ client: client, ...relationalConfig(schema) }),
         raw: async (t, p = []) => (await client.query(t, p)).rows,
         close: () => client.end(),
       };
@@ -100,7 +101,7 @@ CONNS.push({
   open: async (schema) => {
     const client = new PGlite();
     return {
-      db: drizzlePglite({ client: client, schema }),
+      db: drizzlePglite({ client: client, ...relationalConfig(schema) }),
       raw: async (t, p = []) => (await client.query(t, p)).rows as never,
       close: () => client.close(),
     };
@@ -260,7 +261,7 @@ describe('the key store budget', () => {
       const s = makeSchema(uniqueName('busy'));
       const app = new pg.Pool({ connectionString: DATABASE_URL, max: 4 });
       const store = new pg.Pool({ connectionString: DATABASE_URL, max: 1 });
-      const db = drizzlePg({ client: app, schema: s.relational });
+      const db = drizzlePg({ client: app, ...relationalConfig(s.relational) });
       const keyring = createKeyring({
         db,
         platformKek: localKek({ key: randomBytes(32) }),

@@ -14,6 +14,7 @@ import { encryptedState } from '../src/drizzle/columns.ts';
 import { PendingWrite } from '../src/drizzle/placeholders.ts';
 import { DRIVERS, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
+import { DRIZZLE_1 } from './helpers/drizzle-version.ts';
 
 /** The shared integration suite: every query form, on every driver, against real PostgreSQL. */
 describe.each(DRIVERS)('query forms on %s', (driver) => {
@@ -215,20 +216,25 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
     // cold cache: nested values must take the batched path too
     e.keyring.clearCache();
     const many = await withTenant(T, () =>
-      e.db.query.patients.findMany({
-        where: eq(e.s.patients.tenantId, T),
-        with: {
-          visits: {
-            with: {
-              notes: {
-                orderBy: (n: typeof e.s.notes, { asc }: { asc: typeof import('drizzle-orm').asc }) => [
-                  asc(n.id),
-                ],
+      e.db.query.patients.findMany(
+        DRIZZLE_1
+          ? // relational queries v2 (drizzle-orm 1.0): object filters and orderBy
+            { where: { tenantId: T }, with: { visits: { with: { notes: { orderBy: { id: 'asc' } } } } } }
+          : {
+              where: eq(e.s.patients.tenantId, T),
+              with: {
+                visits: {
+                  with: {
+                    notes: {
+                      orderBy: (n: typeof e.s.notes, { asc }: { asc: typeof import('drizzle-orm').asc }) => [
+                        asc(n.id),
+                      ],
+                    },
+                  },
+                },
               },
             },
-          },
-        },
-      }),
+      ),
     );
     expect(many).toHaveLength(1);
     expect(many[0].name).toBe('Nested');
@@ -238,7 +244,10 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
       ['note one', null].sort(),
     );
     const first = await withTenant(T, () =>
-      e.db.query.visits.findFirst({ where: eq(e.s.visits.tenantId, T), with: { patient: true } }),
+      e.db.query.visits.findFirst({
+        where: DRIZZLE_1 ? { tenantId: T } : eq(e.s.visits.tenantId, T),
+        with: { patient: true },
+      }),
     );
     expect(first.reason).toBe('deep');
     expect(first.patient.name).toBe('Nested');
@@ -446,9 +455,35 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
         EncryptedComparisonError,
       );
       await expect(e.db.delete(p).where(eq(p.email, 'x'))).rejects.toBeInstanceOf(EncryptedComparisonError);
-      await expect(e.db.query.patients.findMany({ where: eq(p.email, 'x') })).rejects.toBeInstanceOf(
-        EncryptedComparisonError,
-      );
+      await expect(
+        e.db.query.patients.findMany({ where: DRIZZLE_1 ? { email: 'x' } : eq(p.email, 'x') }),
+      ).rejects.toBeInstanceOf(EncryptedComparisonError);
+      if (DRIZZLE_1) {
+        // relational queries v2: every object filter on an encrypted column is refused, at any level
+        for (const where of [
+          { name: { like: 'A%' } },
+          { name: { ne: 'x' } },
+          { OR: [{ seq: 1 }, { email: { in: ['a'] } }] },
+          { NOT: { name: 'x' } },
+          { visits: { reason: 'x' } },
+          { RAW: (t: typeof p) => eq(t.name, 'x') },
+        ]) {
+          await expect(e.db.query.patients.findMany({ where })).rejects.toBeInstanceOf(
+            EncryptedComparisonError,
+          );
+        }
+        await expect(
+          e.db.query.patients.findMany({ with: { visits: { where: { reason: 'x' } } } }),
+        ).rejects.toBeInstanceOf(EncryptedComparisonError);
+        await expect(e.db.query.patients.findMany({ orderBy: { name: 'asc' } })).rejects.toBeInstanceOf(
+          EncryptedComparisonError,
+        );
+        await expect(
+          e.db.query.patients.findMany({ extras: { n: (t: typeof p) => sql`length(${t.name})` } }),
+        ).rejects.toBeInstanceOf(EncryptedComparisonError);
+        // isNull / isNotNull on an encrypted column keep their meaning
+        await e.db.query.patients.findMany({ where: { email: { isNotNull: true } } });
+      }
       // comparisons that never send a plaintext are fine
       await e.db
         .select({ id: p.id })

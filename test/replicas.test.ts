@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { createKeyring, installKeyStore, localKek, withEncryption, withTenant } from '../src/index.ts';
 import { DATABASE_URL, uniqueName, uniqueTenant } from './helpers/db.ts';
 import { makeSchema } from './fixtures/schema.ts';
+import { relationalConfig } from './helpers/drizzle-version.ts';
 
 /**
  * `withReplicas(primary, [replica])`: reads go to the replica, key store writes to the primary, and
@@ -24,8 +25,8 @@ describe.runIf(DATABASE_URL)('withReplicas', () => {
     const rc = postgres(replicaUrl.toString(), { max: 4, onnotice: () => {} });
     const s = makeSchema(uniqueName('repl'));
     try {
-      const primary = drizzlePostgres({ client: pc, schema: s.relational });
-      const replica = drizzlePostgres({ client: rc, schema: s.relational });
+      const primary = drizzlePostgres({ client: pc, ...relationalConfig(s.relational) });
+      const replica = drizzlePostgres({ client: rc, ...relationalConfig(s.relational) });
       for (const stmt of s.ddl) {
         await pc.unsafe(stmt);
         await rc.unsafe(stmt);

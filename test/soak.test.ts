@@ -11,6 +11,7 @@ import { createKeyring, localKek, withAnyTenant, withEncryption, withTenant } fr
 import { DATABASE_URL, uniqueName, uniqueTenant } from './helpers/db.ts';
 import { PGBOUNCER_URL, pooledUrl } from './helpers/pooler.ts';
 import { makeSchema } from './fixtures/schema.ts';
+import { relationalConfig } from './helpers/drizzle-version.ts';
 
 /**
  * Soak: 50 tenants, 5,000 mixed requests per pool size (half direct, half through PgBouncer; reads, writes, transactions with random
@@ -69,11 +70,11 @@ async function soak(config: Config, seed: number): Promise<Figures> {
       onnotice: () => {},
       ...(config.pooled ? { prepare: false } : {}),
     });
-    db = drizzlePostgres({ client: c, schema });
+    db = drizzlePostgres({ client: c, ...relationalConfig(schema) });
     end = () => c.end();
   } else {
     const pool = new pg.Pool({ connectionString: url, max: config.size });
-    db = drizzlePg({ client: pool, schema });
+    db = drizzlePg({ client: pool, ...relationalConfig(schema) });
     end = () => pool.end();
   }
   const keyring = createKeyring({ db, platformKek: localKek({ key: randomBytes(32) }) });

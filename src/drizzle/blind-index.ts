@@ -43,7 +43,7 @@ import {
   registryFor,
   store,
 } from './blind-keys.ts';
-import { chunkText } from './chunks.ts';
+import { chunkText, significantChunks } from './chunks.ts';
 import { type EncryptedColumnState, encryptedState, refuseDatabaseDefaults } from './columns.ts';
 import { scopeStorage } from './scope.ts';
 import { nestedSql, trustSql, untrustSql } from './sql-walk.ts';
@@ -757,9 +757,13 @@ function lookupShape(
   chunks: readonly unknown[],
   tenantColumn: string | undefined,
 ): { target: LookupTarget; values: LookupValue[]; set: boolean } | undefined {
-  if (chunks.length !== 5) return undefined;
-  const [a, col, op, rhs, b] = chunks;
-  if (!emptyChunk(a) || !emptyChunk(b) || !(op instanceof StringChunk) || !is(col, Column)) return undefined;
+  // `eq` / `inArray` on either Drizzle layout (see chunks.ts): `[col, ' = ' | ' in ', rhs]`.
+  if (chunks.length !== 3 && chunks.length !== 5) return undefined;
+  const parts = significantChunks(chunks);
+  if (parts.length !== 3 || (chunks.length === 5 && (!emptyChunk(chunks[0]) || !emptyChunk(chunks[4]))))
+    return undefined;
+  const [col, op, rhs] = parts;
+  if (!(op instanceof StringChunk) || !is(col, Column)) return undefined;
   const text = chunkText(op);
   if (text !== ' = ' && text !== ' in ') return undefined;
   const items = text === ' = ' ? [rhs] : Array.isArray(rhs) ? rhs : undefined;

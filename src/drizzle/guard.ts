@@ -22,7 +22,9 @@ import { ByokConfigError, EncryptedColumnUsageError } from '../errors.ts';
 import { blindState, isBlindLookup } from './blind-index.ts';
 import { chunkText } from './chunks.ts';
 import { encryptedState } from './columns.ts';
+import { prepareRelationalV2, type RelationalV2Hooks, type TableConfigV2 } from './relational-v2.ts';
 import { isTrustedSql, trustSql } from './sql-walk.ts';
+import { scopePredicateOf } from './tenant-isolation.ts';
 
 /**
  * The fail-closed guard: an allowlist of the places an encrypted (or blind index) column may appear
@@ -169,7 +171,9 @@ function subqueryValue(s: SQL, site: string): void {
 interface Unary {
   readonly text: string;
   readonly operand: unknown;
-  readonly leading: boolean;
+  /** The text before and after the operand (trimmed, lower case, one space). */
+  readonly before: string;
+  readonly after: string;
 }
 
 function unary(chunks: readonly unknown[]): Unary | undefined {
@@ -180,22 +184,30 @@ function unary(chunks: readonly unknown[]): Unary | undefined {
     if (!(x instanceof StringChunk) && x !== undefined) operand = x;
   }
   if (n !== 1) return undefined;
-  let text = '';
-  let leading = false;
+  let before = '';
+  let after = '';
   let seen = false;
   for (const x of chunks) {
     if (x instanceof StringChunk) {
-      const t = chunkText(x);
-      if (!seen && t.trim() !== '') leading = true;
-      text += t;
+      if (seen) after += chunkText(x);
+      else before += chunkText(x);
     } else if (x !== undefined) seen = true;
   }
-  return { text: text.trim().toLowerCase().replace(/\s+/g, ' '), operand, leading };
+  const norm = (t: string) => t.trim().toLowerCase().replace(/\s+/g, ' ');
+  return {
+    text: norm(before + after),
+    operand,
+    before: norm(before),
+    after: norm(after),
+  };
 }
 
 /** `isNull(col)` / `isNotNull(col)`: `<column> is [not] null`, the column bare or as `sql\`${col}\``. */
 function isNullCheck(u: Unary): boolean {
-  if (u.leading || (u.text !== 'is null' && u.text !== 'is not null')) return false;
+  // 0.45: `<col> is null`; 1.0: `(<col> is null)`.
+  const plain = u.before === '' && (u.after === 'is null' || u.after === 'is not null');
+  const parenthesized = u.before === '(' && (u.after === 'is null)' || u.after === 'is not null)');
+  if (!plain && !parenthesized) return false;
   return bareColumn(u.operand) !== undefined;
 }
 
@@ -574,6 +586,13 @@ interface GuardedDialect {
   buildUpdateQuery: (config: UpdateConfig) => SQL;
   buildDeleteQuery: (config: DeleteConfig) => SQL;
   buildRelationalQueryWithoutPK: (args: RelationalArgs) => { sql: SQL };
+  buildRelationalQuery: (args: RelationalV2Args) => { sql: SQL };
+}
+interface RelationalV2Args {
+  schema: Record<string, TableConfigV2>;
+  tableConfig: TableConfigV2;
+  queryConfig: unknown;
+  [k: string]: unknown;
 }
 
 function value(v: unknown, site: string): void {
@@ -609,7 +628,7 @@ export function installGuard(dialect: object, tenantColumn: string | undefined):
     updateSet: d.buildUpdateSet,
     update: d.buildUpdateQuery,
     del: d.buildDeleteQuery,
-    relational: d.buildRelationalQueryWithoutPK,
+    relational: d.buildRelationalQueryWithoutPK ?? d.buildRelationalQuery,
   } as Record<string, Fn>;
   for (const [k, f] of Object.entries(orig)) {
     if (typeof f !== 'function') {
@@ -719,6 +738,26 @@ export function installGuard(dialect: object, tenantColumn: string | undefined):
     queries.set(r, []);
     return r;
   };
+
+  if (typeof d.buildRelationalQueryWithoutPK !== 'function') {
+    // Relational queries v2 (1.0): the config is prepared (checked, rewritten, scoped) up front.
+    const hooks: RelationalV2Hooks = {
+      expr,
+      guarded: guardedOf,
+      refuse,
+      ...(tenantColumn === undefined ? {} : { scope: (t: unknown) => scopePredicateOf(t, tenantColumn) }),
+    };
+    d.buildRelationalQuery = function (this: GuardedDialect, args) {
+      const queryConfig = prepareRelationalV2(args.queryConfig, args.tableConfig, args.schema, hooks);
+      const r = (orig.relational as GuardedDialect['buildRelationalQuery']).call(this, {
+        ...args,
+        queryConfig,
+      });
+      queries.set(r.sql, []);
+      return r;
+    };
+    return;
+  }
 
   d.buildRelationalQueryWithoutPK = function (this: GuardedDialect, args) {
     const outer = relational;

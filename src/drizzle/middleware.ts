@@ -19,6 +19,7 @@ import {
   type QueryContext,
   sealFor,
 } from './columns.ts';
+import { instrumentInsertLayout } from './chunks.ts';
 import { guardSql, installGuard } from './guard.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
 import { assertPgDatabase } from './pg.ts';
@@ -141,10 +142,16 @@ export function withEncryption<TDb extends AnyPgDatabase>(
   return db;
 }
 
-/** Tables of the schema given to `drizzle({ client, schema })`, if any. */
+/**
+ * Tables of the schema given to `drizzle({ client, schema })` (0.45) or of the relations given to
+ * `drizzle({ client, relations })` (1.0), if any.
+ */
 function schemaTables(d: MutableDb): unknown[] {
-  const full = (d as { _?: { fullSchema?: Record<string, unknown> } })._?.fullSchema;
-  return full === undefined ? [] : Object.values(full);
+  const meta = (d as { _?: { fullSchema?: Record<string, unknown>; relations?: Record<string, unknown> } })._;
+  if (meta?.fullSchema !== undefined) return Object.values(meta.fullSchema);
+  if (meta?.relations !== undefined && meta.relations !== null && typeof meta.relations === 'object')
+    return Object.values(meta.relations).map((r) => (r as { table?: unknown } | null)?.table);
+  return [];
 }
 
 // -----------------------------------------------------------------------------------------------
@@ -170,9 +177,11 @@ function instrumentDialect(
       restore();
     }
   };
+  instrumentInsertLayout(dialect, 'inner');
   if (tenantColumn !== undefined) instrumentTenantIsolation(dialect, tenantColumn);
   instrumentBlindWrites(dialect, keyring, tenantColumn);
   installGuard(dialect, tenantColumn);
+  instrumentInsertLayout(dialect, 'outer');
   Object.defineProperty(dialect, WRAPPED, { value: keyring });
 }
 

@@ -483,3 +483,12 @@ export function checkTenantColumn(tables: readonly unknown[], tenantColumn: stri
     );
   }
 }
+
+/**
+ * The tenant predicate for one table reference (a relational query level's aliased table), or
+ * undefined when the table has no tenant column.
+ */
+export function scopePredicateOf(table: unknown, tenantColumn: string): SQL | undefined {
+  const info = tenantColumnOf(table, tenantColumn);
+  return info === undefined ? undefined : predicate(info);
+}

@@ -8,6 +8,7 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { inject } from 'vitest';
 import type { AnyPgDatabase } from '../../src/keys/keyring.ts';
+import { relationalConfig } from './drizzle-version.ts';
 
 export type DriverName = 'postgres-js' | 'node-postgres' | 'pglite';
 
@@ -33,7 +34,7 @@ export async function openDb(
   pglite?: PGlite,
   logger?: Logger,
 ): Promise<TestDb> {
-  const config = { ...(schema === undefined ? {} : { schema }), ...(logger === undefined ? {} : { logger }) };
+  const config = { ...relationalConfig(schema), ...(logger === undefined ? {} : { logger }) };
   if (driver === 'postgres-js') {
     const client = postgres(DATABASE_URL!, { max: 8, onnotice: () => {} });
     return {
