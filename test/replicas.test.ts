@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { createKeyring, installKeyStore, localKek, withEncryption, withTenant } from '../src/index.ts';
 import { DATABASE_URL, uniqueName, uniqueTenant } from './helpers/db.ts';
 import { makeSchema } from './fixtures/schema.ts';
-import { relationalConfig } from './helpers/drizzle-version.ts';
+import { DRIZZLE_1, relationalConfig } from './helpers/drizzle-version.ts';
 
 /**
  * `withReplicas(primary, [replica])`: reads go to the replica, key store writes to the primary, and
@@ -65,7 +65,11 @@ describe.runIf(DATABASE_URL)('withReplicas', () => {
       expect(rows.map((r: { name: string }) => r.name)).toEqual(['fresh key', 'fresh key']);
       keyring.clearCache();
       const rel = await withTenant(T, () =>
-        db.query.patients.findFirst({ where: eq(s.patients.id, row!.id) }),
+        (
+          db as unknown as { query: { patients: { findFirst(c: unknown): Promise<{ name: string }> } } }
+        ).query.patients.findFirst({
+          where: DRIZZLE_1 ? { id: row!.id } : eq(s.patients.id, row!.id),
+        }),
       );
       expect(rel?.name).toBe('fresh key');
       await keyring.close();

@@ -10,8 +10,9 @@ export const DRIZZLE_1: boolean = typeof (orm as Record<string, unknown>).define
 type AnyFn = (...args: any[]) => any;
 const v1Module = DRIZZLE_1 ? 'drizzle-orm/_relations' : 'drizzle-orm';
 /** `relations()` of relational queries v1 (in `drizzle-orm` on 0.45, `drizzle-orm/_relations` on 1.0). */
-export const relationsV1: AnyFn = ((await import(/* @vite-ignore */ v1Module)) as { relations: AnyFn })
-  .relations;
+export const relationsV1: typeof import('drizzle-orm').relations = (
+  (await import(/* @vite-ignore */ v1Module)) as { relations: typeof import('drizzle-orm').relations }
+).relations;
 /** `defineRelations()` of relational queries v2 (1.0 only). */
 export const defineRelations: AnyFn | undefined = (orm as Record<string, unknown>).defineRelations as
   | AnyFn
