@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import pg from 'pg';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { AnyPgDatabase } from '../src/keys/keyring.ts';
+import type { PgDb } from '../src/keys/keyring.ts';
 import {
   ByokConfigError,
   DatabaseUnavailableError,
@@ -36,7 +36,7 @@ import {
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
 
 /** A database of its own, without the key store: a fresh PostgreSQL database, or a fresh PGlite. */
-async function emptyDatabase(driver: DriverName): Promise<{ db: AnyPgDatabase; close(): Promise<void> }> {
+async function emptyDatabase(driver: DriverName): Promise<{ db: PgDb; close(): Promise<void> }> {
   if (driver === 'pglite') {
     const client = new PGlite();
     return { db: drizzlePglite({ client: client }) as never, close: () => client.close() };
@@ -151,11 +151,11 @@ describe('a database that cannot be reached', () => {
   const clients = {
     'postgres-js': () => {
       const c = postgres('postgres://app@127.0.0.1:1/app', { max: 1, connect_timeout: 5 });
-      return { db: drizzlePostgres({ client: c }) as never as AnyPgDatabase, close: () => c.end() };
+      return { db: drizzlePostgres({ client: c }) as never as PgDb, close: () => c.end() };
     },
     'node-postgres': () => {
       const p = new pg.Pool({ connectionString: 'postgres://app@127.0.0.1:1/app', max: 1 });
-      return { db: drizzlePg({ client: p }) as never as AnyPgDatabase, close: () => p.end() };
+      return { db: drizzlePg({ client: p }) as never as PgDb, close: () => p.end() };
     },
   };
   it.each(Object.keys(clients) as (keyof typeof clients)[])(
@@ -192,7 +192,7 @@ describe('a database that cannot be reached', () => {
 });
 
 describe('configuration errors', () => {
-  const db = drizzlePglite({ client: new PGlite() }) as never as AnyPgDatabase;
+  const db = drizzlePglite({ client: new PGlite() }) as never as PgDb;
   const kek = localKek({ key: randomBytes(32) });
 
   it('every createKeyring problem is a ByokConfigError, and one error lists all of them', () => {

@@ -4,7 +4,7 @@ import { blindValue, encodeParams, MAX_VERSION } from '../crypto/blind-hmac.ts';
 import { toBytes } from '../crypto/envelope.ts';
 import { ByokConfigError, ByokError, TenantShreddedError } from '../errors.ts';
 import { assertTenantId, withTenant } from './scope.ts';
-import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
+import { type AnyPgDatabase, asPgDb, type PgDb, type Keyring, keysOf } from '../keys/keyring.ts';
 import { type BlindIndexState, blindState, indexInput, rowsOf, wrappedWith } from './blind-index.ts';
 import { type IndexKeyState, type IndexVersion, registryFor, store } from './blind-keys.ts';
 import { byokBlindIndexKeys } from './blind-schema.ts';
@@ -136,13 +136,14 @@ function loadState(r: Resolved, keyring: Keyring, tenantId: string, create: bool
  * `version` (missing, older version, stale) gets it. Resumes from the stored checkpoint when `resume`.
  */
 async function reindexPass(
-  db: AnyPgDatabase,
+  database: AnyPgDatabase,
   keyring: Keyring,
   r: Resolved,
   st: IndexKeyState,
   version: IndexVersion,
   resume: boolean,
 ): Promise<ReindexPassReport> {
+  const db = asPgDb(database);
   const tenantId = st.tenantId;
   const key = await registryFor(keyring).key(st, version);
   let cursor: string | undefined;
@@ -233,11 +234,12 @@ function versionWhere(tenantId: string, context: string, version: number) {
 
 /** Rows of the tenant whose index is missing or not under `version`. */
 async function stragglers(
-  db: AnyPgDatabase,
+  database: AnyPgDatabase,
   r: Resolved,
   tenantId: string,
   version: number,
 ): Promise<number> {
+  const db = asPgDb(database);
   const idx = sql.identifier(r.index.name);
   const src = sql.identifier(r.index.source().name);
   const res = await store(() =>
@@ -257,9 +259,10 @@ async function stragglers(
  * index value, plus tenants whose index is not marked built. Safe while the app writes.
  */
 export async function backfillBlindIndex(
-  db: AnyPgDatabase,
+  database: AnyPgDatabase,
   options: BlindIndexTarget & { tenants?: readonly string[] },
 ): Promise<BackfillReport> {
+  const db = asPgDb(database);
   const r = resolve(db, options, 'backfillBlindIndex');
   const keyring = keyringOf(db);
   let tenants = options.tenants;
@@ -366,13 +369,14 @@ export type RotationEvent =
  * (resolve the duplicate, and call again).
  */
 export async function rotateBlindIndex(
-  db: AnyPgDatabase,
+  database: AnyPgDatabase,
   options: BlindIndexTarget & {
     tenantId: string;
     graceMs?: number;
     onProgress?: (event: RotationEvent) => void | Promise<void>;
   },
 ): Promise<RotationReport> {
+  const db = asPgDb(database);
   const r = resolve(db, options, 'rotateBlindIndex');
   const keyring = keyringOf(db);
   const tenantId = options.tenantId;
@@ -386,13 +390,13 @@ export async function rotateBlindIndex(
   const progress = async (e: RotationEvent) => {
     await options.onProgress?.(e);
   };
-  const locked = <T>(fn: (tx: AnyPgDatabase) => Promise<T>) =>
+  const locked = <T>(fn: (tx: PgDb) => Promise<T>) =>
     store(() =>
-      keyring.db.transaction(async (tx) => {
+      asPgDb(keyring.db).transaction(async (tx) => {
         await tx.execute(
           sql`select pg_advisory_xact_lock(hashtextextended(${`byok:blind:${tenantId}:${context}`}, 0))`,
         );
-        return fn(tx as unknown as AnyPgDatabase);
+        return fn(tx as unknown as PgDb);
       }),
     );
   const waitSince = async (version: number, column: typeof k.createdAt | typeof k.activatedAt) => {
@@ -521,9 +525,10 @@ export interface BlindIndexStatus {
 
 /** Key versions of a tenant's index (no secrets). */
 export async function blindIndexStatus(
-  db: AnyPgDatabase,
+  database: AnyPgDatabase,
   options: { index: PgColumn; tenantId: string },
 ): Promise<BlindIndexStatus> {
+  const db = asPgDb(database);
   const index = blindState(options.index);
   if (index === undefined)
     throw new ByokConfigError('blindIndexStatus: options.index must be a blindIndex(...) column');

@@ -35,7 +35,7 @@ import {
 } from '../errors.ts';
 import { unwrapIdentified } from './identity.ts';
 import { dekMaterial } from './cache.ts';
-import { type Keyring, keysOf, mapLimit } from './keyring.ts';
+import { asPgDb, type Keyring, keysOf, mapLimit } from './keyring.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 
 export interface HeartbeatOptions {
@@ -141,7 +141,7 @@ async function runTick(keyring: Keyring, concurrency: number): Promise<Heartbeat
   const watched = new Set([...keysOf(keyring).cache.tenants(), ...keyring.watchedTenants]);
   const empty: HeartbeatTick = { tenants: 0, kmsCalls: 0, refused: [], recovered: [], unreachable: [] };
   if (watched.size === 0) return empty;
-  const db = keyring.db;
+  const db = asPgDb(keyring.db);
   // The active data key of each watched BYOK tenant, wrapped under each active KEK.
   const cachedIds = keysOf(keyring)
     .cache.ids()

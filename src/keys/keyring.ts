@@ -9,7 +9,6 @@ import {
 import { inspect } from 'node:util';
 import DataLoader from 'dataloader';
 import { and, eq, inArray, ne, sql } from 'drizzle-orm';
-import type { PgDatabase } from 'drizzle-orm/pg-core';
 import { contextBytes, deriveFieldKey, deriveSubkey, type FieldKey } from '../crypto/aead.ts';
 import { uuidToBytes } from '../crypto/envelope.ts';
 import { type Started, scopeStorage, start, withAnyTenant, withTenant } from '../drizzle/scope.ts';
@@ -41,7 +40,8 @@ import { loadTelemetry, withSpan } from './telemetry.ts';
 import { rethrowStoreError, translateStoreError } from '../store/errors.ts';
 import { installKeyStore } from '../store/migrations.ts';
 
-export type AnyPgDatabase = PgDatabase<any, any, any>;
+export { type AnyPgDatabase, asPgDb, type PgDb } from '../store/db.ts';
+import { type AnyPgDatabase, asPgDb, type PgDb } from '../store/db.ts';
 
 export interface KeyringOptions {
   /** Drizzle database holding the key store tables (usually the same one your app uses). */
@@ -215,9 +215,9 @@ export class Keyring {
   /** @internal Tenants refused by their KMS that this instance was serving: probed until they recover. */
   readonly watchedTenants = new Set<string>();
   /** Reads of the key store outside transactions (a replica when `db` is `withReplicas(...)`). */
-  readonly #readDb: AnyPgDatabase;
+  readonly #readDb: PgDb;
   /** Writes and transactions of the key store (the primary). */
-  readonly #writeDb: AnyPgDatabase;
+  readonly #writeDb: PgDb;
   readonly #ownStore: boolean;
   readonly #budget: Budget;
   readonly #listenClient: unknown;
@@ -229,8 +229,8 @@ export class Keyring {
     const ks = options.keyStore ?? {};
     if (ks.db !== undefined) assertPgDatabase(ks.db, 'createKeyring: `keyStore.db`');
     this.#ownStore = ks.db !== undefined && ks.db !== options.db;
-    this.#readDb = ks.db ?? options.db;
-    this.#writeDb = (this.#readDb as { $primary?: AnyPgDatabase }).$primary ?? this.#readDb;
+    this.#readDb = asPgDb(ks.db ?? options.db);
+    this.#writeDb = asPgDb((this.#readDb as { $primary?: AnyPgDatabase }).$primary ?? this.#readDb);
     this.#budget = new Budget(
       positiveInt(ks.maxConcurrent ?? 4, 'keyStore.maxConcurrent'),
       positiveInt(ks.waitTimeoutMs ?? 10_000, 'keyStore.waitTimeoutMs'),
@@ -434,7 +434,7 @@ export class Keyring {
   async #getDekVersion(tenantId: string, version: number, txDb?: AnyPgDatabase): Promise<DekEntry> {
     const inTx = txDb !== undefined && !this.#ownStore;
     const [row] = await this.#store(() =>
-      (inTx ? txDb : this.#readDb)
+      asPgDb(inTx ? txDb : this.#readDb)
         .select({ id: byokDeks.id })
         .from(byokDeks)
         .where(and(eq(byokDeks.tenantId, tenantId), eq(byokDeks.version, version))),
@@ -545,7 +545,7 @@ export class Keyring {
       const part = unique.slice(i, i + 1000);
       rows.push(
         ...(await this.#store(() =>
-          this.db
+          asPgDb(this.db)
             .select({ id: byokDeks.id, tenantId: byokDeks.tenantId, version: byokDeks.version })
             .from(byokDeks)
             .where(
@@ -906,7 +906,7 @@ export class Keyring {
     return inTx ? run() : this.#budget.run(run);
   }
 
-  async #selectDeks(where: ReturnType<typeof eq>, db: AnyPgDatabase = this.#readDb): Promise<DekRow[]> {
+  async #selectDeks(where: ReturnType<typeof eq>, db: PgDb = this.#readDb): Promise<DekRow[]> {
     const rows = await this.#store(
       () =>
         db
@@ -938,7 +938,7 @@ export class Keyring {
     return [...byId.values()];
   }
 
-  async #selectKeks(ids: readonly string[], db: AnyPgDatabase = this.#readDb): Promise<Map<string, KekRow>> {
+  async #selectKeks(ids: readonly string[], db: PgDb = this.#readDb): Promise<Map<string, KekRow>> {
     if (ids.length === 0) return new Map();
     const rows = await this.#store(
       () =>
@@ -1053,7 +1053,7 @@ export class Keyring {
   /** Unwraps every row (bounded concurrency); failures become Error values in the map. */
   async #unwrapAll(
     rows: readonly DekRow[],
-    db: AnyPgDatabase = this.#readDb,
+    db: PgDb = this.#readDb,
     cacheIt = true,
   ): Promise<Map<string, DekEntry | Error>> {
     const inTx = !this.#isStoreDb(db);
@@ -1324,7 +1324,7 @@ export class Keyring {
   ): Promise<{ mode: string; state: string; keks: KekRow[] } | undefined> {
     const inTx = !this.#isStoreDb(db);
     const [t] = await this.#store(
-      () => db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId)),
+      () => asPgDb(db).select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId)),
       inTx,
     );
     if (t === undefined) return undefined;
@@ -1398,37 +1398,39 @@ export class Keyring {
         .join(',');
       const outcome = await this.#store(
         () =>
-          db.transaction(async (tx): Promise<'retry' | { existing: string } | { created: number }> => {
-            await tx.execute(
-              sql`select pg_advisory_xact_lock(hashtextextended(${`byok:tenant:${tenantId}`}, 0))`,
-            );
-            const current = await tx
-              .select({ id: byokKeks.id })
-              .from(byokKeks)
-              .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active')));
-            if (
-              current
-                .map((k) => k.id)
-                .sort()
-                .join(',') !== kekSet
-            )
-              return 'retry';
-            const [active] = await tx
-              .select({ id: byokDeks.id, version: byokDeks.version })
-              .from(byokDeks)
-              .where(and(eq(byokDeks.tenantId, tenantId), eq(byokDeks.state, 'active')));
-            if (active !== undefined && !options.rotate) return { existing: active.id };
-            const [{ next } = { next: 1 }] = await tx
-              .select({ next: sql<number>`coalesce(max(${byokDeks.version}), 0) + 1`.mapWith(Number) })
-              .from(byokDeks)
-              .where(eq(byokDeks.tenantId, tenantId));
-            if (active !== undefined) {
-              await tx.update(byokDeks).set({ state: 'retired' }).where(eq(byokDeks.id, active.id));
-            }
-            await tx.insert(byokDeks).values({ id, tenantId, version: next, state: 'active' });
-            await tx.insert(byokDekWraps).values(wraps.map((w) => ({ dekId: id, ...w })));
-            return { created: next };
-          }),
+          asPgDb(db).transaction(
+            async (tx): Promise<'retry' | { existing: string } | { created: number }> => {
+              await tx.execute(
+                sql`select pg_advisory_xact_lock(hashtextextended(${`byok:tenant:${tenantId}`}, 0))`,
+              );
+              const current = await tx
+                .select({ id: byokKeks.id })
+                .from(byokKeks)
+                .where(and(eq(byokKeks.tenantId, tenantId), eq(byokKeks.state, 'active')));
+              if (
+                current
+                  .map((k) => k.id)
+                  .sort()
+                  .join(',') !== kekSet
+              )
+                return 'retry';
+              const [active] = await tx
+                .select({ id: byokDeks.id, version: byokDeks.version })
+                .from(byokDeks)
+                .where(and(eq(byokDeks.tenantId, tenantId), eq(byokDeks.state, 'active')));
+              if (active !== undefined && !options.rotate) return { existing: active.id };
+              const [{ next } = { next: 1 }] = await tx
+                .select({ next: sql<number>`coalesce(max(${byokDeks.version}), 0) + 1`.mapWith(Number) })
+                .from(byokDeks)
+                .where(eq(byokDeks.tenantId, tenantId));
+              if (active !== undefined) {
+                await tx.update(byokDeks).set({ state: 'retired' }).where(eq(byokDeks.id, active.id));
+              }
+              await tx.insert(byokDeks).values({ id, tenantId, version: next, state: 'active' });
+              await tx.insert(byokDekWraps).values(wraps.map((w) => ({ dekId: id, ...w })));
+              return { created: next };
+            },
+          ),
         inTx,
       );
       if (outcome === 'retry') {
@@ -1482,7 +1484,7 @@ export class Keyring {
           ? eq(byokDeks.id, key.id)
           : and(eq(byokDeks.id, key.id), eq(byokDeks.tenantId, key.owner))!
         : and(eq(byokDeks.tenantId, key.tenantId), eq(byokDeks.state, 'active'))!;
-    const rows = await this.#selectDeks(where, txDb);
+    const rows = await this.#selectDeks(where, asPgDb(txDb));
     const row = rows[0];
     if (row === undefined) {
       if ('id' in key) {
@@ -1509,7 +1511,7 @@ export class Keyring {
       return created;
     }
     const tracked = this.#txKeys.has(txDb);
-    const entries = await this.#unwrapAll([row], txDb, tracked);
+    const entries = await this.#unwrapAll([row], asPgDb(txDb), tracked);
     const e = entries.get(row.id)!;
     if (e instanceof Error) throw e;
     return e;

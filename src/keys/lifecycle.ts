@@ -15,7 +15,7 @@ import type { Kek, KeyDescription } from '../kms/kek.ts';
 import { dekMaterial } from './cache.ts';
 import { isRefusal } from './heartbeat.ts';
 import { isMoved, unwrapIdentified, wrapIdentified } from './identity.ts';
-import { type AnyPgDatabase, type Keyring, keysOf, mapLimit } from './keyring.ts';
+import { type AnyPgDatabase, asPgDb, type Keyring, keysOf, mapLimit } from './keyring.ts';
 import { checkIssuedExternalId } from './onboarding.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 
@@ -104,7 +104,7 @@ export async function lockTenant(tx: AnyPgDatabase, tenantId: string, timeoutMs:
 
 /** Whether some transaction holds the tenant's lifecycle lock right now. */
 async function lockHeld(db: AnyPgDatabase, tenantId: string): Promise<boolean> {
-  return db.transaction(async (tx) => {
+  return asPgDb(db).transaction(async (tx) => {
     const [row] = (await rows(
       tx.execute(sql`select pg_try_advisory_xact_lock(hashtextextended(${lockKey(tenantId)}, 0)) as ok`),
     )) as { ok: boolean }[];
@@ -226,9 +226,9 @@ async function replaceKeks(
         return { id, kek, priority, config, sealed };
       }),
     );
-    const db = keyring.db;
+    const db = asPgDb(keyring.db);
     const progressDb = (tx: AnyPgDatabase) => (keyring.singleConnection ? tx : db);
-    await db.transaction(async (tx) => {
+    await asPgDb(db).transaction(async (tx) => {
       await lockTenant(tx, tenantId, options.lockTimeoutMs ?? 30_000);
       await tx.insert(byokTenants).values({ tenantId }).onConflictDoNothing();
       const [tenant] = await tx.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId));
@@ -509,7 +509,7 @@ export async function shred(
   }
   const started = performance.now();
   return scopeStorage.exit(async () => {
-    const destroyed = await keyring.db.transaction(async (tx) => {
+    const destroyed = await asPgDb(keyring.db).transaction(async (tx) => {
       await lockTenant(tx, tenantId, options.lockTimeoutMs ?? 30_000);
       const deks = await tx.select({ id: byokDeks.id }).from(byokDeks).where(eq(byokDeks.tenantId, tenantId));
       // A tenant that never had a data key is most often a typo ('acme ' for 'acme'): shredding it
@@ -572,7 +572,7 @@ export async function shred(
 export async function status(keyring: Keyring, tenantId: string): Promise<TenantStatus> {
   assertTenantId(tenantId);
   return scopeStorage.exit(async () => {
-    const db = keyring.db;
+    const db = asPgDb(keyring.db);
     const [t] = await db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId));
     if (t === undefined) {
       return {
@@ -677,7 +677,7 @@ export async function checkHealth(
   options: { tenants?: readonly string[]; concurrency?: number } = {},
 ): Promise<TenantStatus[]> {
   return scopeStorage.exit(async () => {
-    const db = keyring.db;
+    const db = asPgDb(keyring.db);
     const keks = await db
       .select()
       .from(byokKeks)
@@ -751,7 +751,7 @@ export async function rewrapPlatform(
   if (!Number.isInteger(batch) || batch < 1)
     throw new ByokConfigError('rewrapPlatform: batchSize must be a positive integer');
   return scopeStorage.exit(async () => {
-    const db = keyring.db;
+    const db = asPgDb(keyring.db);
     let dataKeys = 0;
     const startedAt = performance.now();
     const [counted] =
@@ -815,7 +815,7 @@ export async function rewrapPlatform(
           const next = await keyring.timedKms('wrap', keysOf(keyring).platformKek, w.tenantId, () =>
             wrapIdentified(keysOf(keyring).platformKek, raw, context),
           );
-          await db.transaction(async (tx) => {
+          await asPgDb(db).transaction(async (tx) => {
             await lockTenant(tx, w.tenantId, 30_000);
             await tx
               .insert(byokDekWraps)

@@ -34,7 +34,7 @@ import {
   validateVaultOnboarding,
   vaultArtifacts,
 } from './onboarding-vault.ts';
-import type { Keyring } from './keyring.ts';
+import { asPgDb, type Keyring } from './keyring.ts';
 import { byokTenants } from './schema.ts';
 
 export interface AwsOnboardingOptions {
@@ -462,8 +462,8 @@ export async function onboarding(
   assertTenantId(tenantId);
   const o = validate(options);
   return scopeStorage.exit(async () => {
-    const db = keyring.db;
-    return db.transaction(async (tx) => {
+    const db = asPgDb(keyring.db);
+    return asPgDb(db).transaction(async (tx) => {
       await tx.insert(byokTenants).values({ tenantId }).onConflictDoNothing();
       const [existing] = await tx
         .select()

@@ -17,7 +17,7 @@ import { assertTenantId, scopeStorage } from '../drizzle/scope.ts';
 import { ByokConfigError, isByokError } from '../errors.ts';
 import { wrapIdentified } from './identity.ts';
 import { dekMaterial } from './cache.ts';
-import { type AnyPgDatabase, type Keyring, keysOf } from './keyring.ts';
+import { type AnyPgDatabase, asPgDb, type Keyring, keysOf } from './keyring.ts';
 import { type LifecycleOptions, lockTenant, status, type TenantStatus, verifyKek } from './lifecycle.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 
@@ -36,7 +36,7 @@ export async function rewrapMovedKeys(
   assertTenantId(tenantId);
   return scopeStorage.exit(async () => {
     const started = performance.now();
-    const db = keyring.db;
+    const db = asPgDb(keyring.db);
     const [tenant] = await db.select().from(byokTenants).where(eq(byokTenants.tenantId, tenantId));
     if (tenant?.mode !== 'byok') {
       throw new ByokConfigError(`tenant ${tenantId} does not use BYOK: nothing to re-wrap`, { tenantId });
@@ -54,7 +54,7 @@ export async function rewrapMovedKeys(
         targets.push({ id: row.id, keyRef: row.keyRef, current: d.currentKeyId ?? null });
       }
       let rewrapped = 0;
-      await db.transaction(async (tx) => {
+      await asPgDb(db).transaction(async (tx) => {
         await lockTenant(tx, tenantId, options.lockTimeoutMs ?? 30_000);
         for (const t of targets) {
           const row = rows.find((r) => r.id === t.id)!;

@@ -15,7 +15,7 @@ import {
   RetrofitBusyError,
 } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
-import { type AnyPgDatabase, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
+import { type AnyPgDatabase, asPgDb, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
 import { ident, keysIn, query, rangeSql, tableSql } from './sql.ts';
 import {
   type ResolvedColumn,
@@ -520,7 +520,7 @@ class Backfill {
     const columns = JSON.stringify(
       this.t.columns.map((c) => ({ target: c.target, source: c.source ?? null })),
     );
-    await this.db.transaction(async (tx) => {
+    await asPgDb(this.db).transaction(async (tx) => {
       await tx.execute(
         sql`SELECT pg_advisory_xact_lock(hashtextextended(${`byok:retrofit:${this.t.qualified}`}, 0))`,
       );
@@ -613,7 +613,7 @@ class Backfill {
 
   async #claim(): Promise<Chunk | 'wait' | 'done'> {
     const dead = await this.#deadWorkers();
-    return this.db.transaction(async (tx) => {
+    return asPgDb(this.db).transaction(async (tx) => {
       const deadSql =
         dead.length === 0
           ? sql``

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm';
-import type { PgDatabase } from 'drizzle-orm/pg-core';
+import { type AnyPgDatabase, asPgDb } from './db.ts';
 import { rethrowStoreError } from './errors.ts';
 import { readMigration } from './migration-files.ts';
 
@@ -50,8 +50,8 @@ export function migrationStatements(text: string): string[] {
  * Creates the key store tables if they do not exist. Safe to call from several processes at once
  * (serialized by an advisory lock) and on every start.
  */
-export async function installKeyStore(db: PgDatabase<any, any, any>): Promise<void> {
-  await db
+export async function installKeyStore(db: AnyPgDatabase): Promise<void> {
+  await asPgDb(db)
     .transaction(async (tx) => {
       // `IF NOT EXISTS` on existing objects raises NOTICEs (postgres.js prints each by default):
       // the library's own DDL is quiet. Transaction-local, so the connection keeps its setting.

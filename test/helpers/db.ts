@@ -7,7 +7,7 @@ import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import pg from 'pg';
 import postgres from 'postgres';
 import { inject } from 'vitest';
-import type { AnyPgDatabase } from '../../src/keys/keyring.ts';
+import type { PgDb } from '../../src/keys/keyring.ts';
 import { relationalConfig } from './drizzle-version.ts';
 
 export type DriverName = 'postgres-js' | 'node-postgres' | 'pglite';
@@ -22,7 +22,7 @@ export const MAIN_DRIVER: DriverName = DATABASE_URL ? 'postgres-js' : 'pglite';
 
 export interface TestDb {
   readonly driver: DriverName;
-  readonly db: AnyPgDatabase & { query: any };
+  readonly db: PgDb & { query: any };
   /** Raw SQL through the driver, bypassing Drizzle: what the database really holds. */
   raw<T = Record<string, unknown>>(text: string, params?: unknown[]): Promise<T[]>;
   close(): Promise<void>;
