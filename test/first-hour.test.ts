@@ -9,7 +9,8 @@ import fc from 'fast-check';
 import pg from 'pg';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { PgDb } from '../src/keys/keyring.ts';
+import type { PgDatabase } from 'drizzle-orm/pg-core';
+type PgDb = PgDatabase<any, any, any>;
 import {
   ByokConfigError,
   DatabaseUnavailableError,

@@ -337,17 +337,18 @@ describe(`guard property on ${MAIN_DRIVER}`, () => {
           outcome.refused++;
           return;
         }
-        expect(forbidden(c)).toBe(false);
         const plain = await withTenant(T, async () => await query(c, t.acctPlain)).then(
           (rows) => ({ rows: rows as unknown[] }),
           (err: unknown) => ({ err }),
         );
         if ('err' in enc) {
-          // invalid SQL for PostgreSQL (e.g. a set operation's shape): the twin fails the same way
+          // invalid for PostgreSQL (e.g. a set operation's shape) or refused by Drizzle itself before
+          // our guard sees it (1.0 checks set operation fields first): the twin fails the same way
           expect('err' in plain).toBe(true);
           outcome.invalidSql++;
           return;
         }
+        expect(forbidden(c)).toBe(false);
         if ('err' in plain) throw plain.err;
         expect(canon(enc.rows, ordered(c))).toEqual(canon(plain.rows, ordered(c)));
         outcome.ran++;

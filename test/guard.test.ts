@@ -17,6 +17,7 @@ import {
 import { DRIVERS, uniqueTenant } from './helpers/db.ts';
 import { guardTables, recordingLogger } from './helpers/guard-tables.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
+import { DRIZZLE_1 } from './helpers/drizzle-version.ts';
 
 const SECRET = 'secret-plaintext@x.io';
 
@@ -187,7 +188,13 @@ describe.each(DRIVERS)('fail-closed guard on %s', (driver) => {
     );
     await refused(() =>
       e.db.query.patients.findMany({
-        with: { visits: { extras: (v: typeof e.s.visits) => ({ r: sql<string>`${v.reason}`.as('r') }) } },
+        with: {
+          visits: {
+            extras: DRIZZLE_1
+              ? { r: (v: typeof e.s.visits) => sql<string>`${v.reason}` } // v2: one callback per extra
+              : (v: typeof e.s.visits) => ({ r: sql<string>`${v.reason}`.as('r') }),
+          },
+        },
       }),
     );
   });
@@ -282,10 +289,18 @@ describe.each(DRIVERS)('fail-closed guard on %s', (driver) => {
       await e.db.update(a).set({ note: a.note }).where(eq(a.id, 2)); // the same column of the same row
       const p = (await e.db.insert(e.s.patients).values({ tenantId: T, name: 'Rel' }).returning())[0]!;
       await e.db.insert(e.s.visits).values({ tenantId: T, patientId: p.id, reason: 'flu' });
-      const rel = await e.db.query.patients.findMany({
-        where: (x: typeof e.s.patients, { eq }: { eq: typeof import('drizzle-orm').eq }) => eq(x.id, p.id),
-        with: { visits: { columns: { reason: true }, where: isNotNull(e.s.visits.reason) } },
-      });
+      const rel = await e.db.query.patients.findMany(
+        DRIZZLE_1
+          ? {
+              where: { id: p.id },
+              with: { visits: { columns: { reason: true }, where: { reason: { isNotNull: true } } } },
+            }
+          : {
+              where: (x: typeof e.s.patients, { eq }: { eq: typeof import('drizzle-orm').eq }) =>
+                eq(x.id, p.id),
+              with: { visits: { columns: { reason: true }, where: isNotNull(e.s.visits.reason) } },
+            },
+      );
       expect(rel).toEqual([expect.objectContaining({ name: 'Rel', visits: [{ reason: 'flu' }] })]);
       expect(await e.db.$count(a, isNull(a.email))).toBe(1);
     });

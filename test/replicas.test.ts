@@ -60,13 +60,15 @@ describe.runIf(DATABASE_URL)('withReplicas', () => {
         `insert into "${s.name}".patients (tenant_id, name) select tenant_id, name from "${s.name}".patients`,
       );
       keyring.clearCache();
-      const rows = await withTenant(T, () => db.select().from(s.patients));
+      // 0.45's withReplicas routes selects to a replica; 1.0 reads the primary unless asked: `$replica`
+      const reader = DRIZZLE_1 ? (db as unknown as { $replica: typeof db }).$replica : db;
+      const rows = await withTenant(T, () => reader.select().from(s.patients));
       // two rows: only the replica has the second, so the read went there; both decrypt
       expect(rows.map((r: { name: string }) => r.name)).toEqual(['fresh key', 'fresh key']);
       keyring.clearCache();
       const rel = await withTenant(T, () =>
         (
-          db as unknown as { query: { patients: { findFirst(c: unknown): Promise<{ name: string }> } } }
+          reader as unknown as { query: { patients: { findFirst(c: unknown): Promise<{ name: string }> } } }
         ).query.patients.findFirst({
           where: DRIZZLE_1 ? { id: row!.id } : eq(s.patients.id, row!.id),
         }),

@@ -20,6 +20,7 @@ import {
   withTenant,
 } from '../src/index.ts';
 import { DATABASE_URL, DRIVERS, type DriverName, uniqueName, uniqueTenant } from './helpers/db.ts';
+import { DRIZZLE_1 } from './helpers/drizzle-version.ts';
 
 /**
  * Database-enforced isolation: with `rls: true` the middleware sets `byok.tenant` per transaction,
@@ -186,13 +187,21 @@ describe('policy helpers for drizzle-kit', () => {
   });
 
   it('drizzle-kit emits the policy and enables row-level security', async () => {
-    const { generateDrizzleJson, generateMigration } = await import('drizzle-kit/api');
+    // drizzle-kit 0.31: `drizzle-kit/api`; 1.0: `drizzle-kit/api-postgres` (same two functions).
+    const kitApi = DRIZZLE_1 ? 'drizzle-kit/api-postgres' : 'drizzle-kit/api';
+    const { generateDrizzleJson, generateMigration } = (await import(/* @vite-ignore */ kitApi)) as {
+      generateDrizzleJson(schema: Record<string, unknown>): unknown;
+      generateMigration(prev: unknown, cur: unknown): Promise<string[]>;
+    };
     const docs = pgTable(
       'docs',
       { id: uuid('id').primaryKey(), tenantId: uuid('tenant_id').notNull() },
       (t) => [tenantPolicy(t.tenantId)],
     );
-    const statements = await generateMigration(generateDrizzleJson({}), generateDrizzleJson({ docs }));
+    const statements = await generateMigration(
+      await generateDrizzleJson({}),
+      await generateDrizzleJson({ docs }),
+    );
     const all = statements.join('\n');
     expect(all).toContain('ENABLE ROW LEVEL SECURITY');
     expect(all).toMatch(

@@ -11,6 +11,7 @@ import {
   SQL,
   StringChunk,
   sql,
+  type InferSelectModel,
   type Table,
 } from 'drizzle-orm';
 import { customType, getTableConfig, type PgColumn, type PgTable } from 'drizzle-orm/pg-core';
@@ -43,7 +44,7 @@ import {
   registryFor,
   store,
 } from './blind-keys.ts';
-import { chunkText, significantChunks } from './chunks.ts';
+import { chunkText, placeholderName, significantChunks } from './chunks.ts';
 import { type EncryptedColumnState, encryptedState, refuseDatabaseDefaults } from './columns.ts';
 import { scopeStorage } from './scope.ts';
 import { nestedSql, trustSql, untrustSql } from './sql-walk.ts';
@@ -361,7 +362,7 @@ class BlindWriteSource extends BlindSealed {
     this.index = index;
     this.rowTenant = rowTenant;
     this.tenantColumn = tenantColumn;
-    this.placeholder = is(value, Placeholder) ? (value as Placeholder).name : undefined;
+    this.placeholder = is(value, Placeholder) ? placeholderName(value) : undefined;
     this.#value = value;
   }
 
@@ -658,11 +659,11 @@ function lookupTarget(col: Column, tenantColumn: string | undefined): LookupTarg
 type LookupValue = { value: unknown } | { placeholder: string };
 
 function lookupValue(c: unknown): LookupValue | null | undefined {
-  if (is(c, Placeholder)) return { placeholder: (c as Placeholder).name };
+  if (is(c, Placeholder)) return { placeholder: placeholderName(c) };
   if (!is(c, Param)) return undefined;
   const v = (c as Param).value;
   if (v === null || v === undefined) return null;
-  if (is(v, Placeholder)) return { placeholder: (v as Placeholder).name };
+  if (is(v, Placeholder)) return { placeholder: placeholderName(v) };
   return { value: v };
 }
 
@@ -1183,7 +1184,7 @@ export async function findByBlindIndex<T extends PgTable>(
   table: T,
   column: PgColumn,
   value: unknown,
-): Promise<T['$inferSelect'][]> {
+): Promise<InferSelectModel<T>[]> {
   const wrapped = wrappedWith(db);
   if (wrapped === undefined) {
     throw new ByokConfigError('findByBlindIndex: db must be wrapped by withEncryption(db, keyring)');
@@ -1221,7 +1222,7 @@ export async function findByBlindIndex<T extends PgTable>(
     const got = r[src.key];
     if (got === null || got === undefined) return false;
     return st.live.some((v, i) => wanted[i]!.has(hex(indexInput(target.index, v.params, got))));
-  }) as T['$inferSelect'][];
+  }) as InferSelectModel<T>[];
 }
 
 function hex(b: Uint8Array): string {

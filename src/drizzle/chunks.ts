@@ -146,3 +146,36 @@ export function instrumentInsertLayout(dialect: object, part: 'inner' | 'outer')
     return original.call(this, rows === undefined ? config : { ...config, values: rows });
   };
 }
+
+interface SetOperationsBuilder {
+  buildSetOperations: (left: SQL, ...rest: never[]) => SQL;
+}
+
+/**
+ * `dialect.buildSetOperations` for a select's set operators on either signature: 0.45 takes
+ * `(left, setOperators)`, 1.0 `(left, setFieldsFlat, useSelectionCastCodecs, setOperators)`.
+ */
+export function buildSetOperations(
+  dialect: object,
+  left: SQL,
+  config: { setOperators: readonly unknown[]; setFieldsFlat?: unknown; useSelectionCastCodecs?: unknown },
+): SQL {
+  const d = dialect as SetOperationsBuilder;
+  const f = d.buildSetOperations as (...args: unknown[]) => SQL;
+  if (f.length >= 4)
+    return f.call(d, left, config.setFieldsFlat, config.useSelectionCastCodecs, config.setOperators);
+  if (f.length === 2) return f.call(d, left, config.setOperators);
+  throw new TypeError(
+    'drizzle-byok: unrecognised buildSetOperations signature (unsupported drizzle-orm version)',
+  );
+}
+
+/** A placeholder's name (a public field on 0.45, protected in 1.0's types; the same at run time). */
+export function placeholderName(p: unknown): string {
+  return (p as { name: string }).name;
+}
+
+/** The table a column belongs to (`column.table`; not in 1.0's public column type). */
+export function columnTable(c: unknown): unknown {
+  return (c as { table?: unknown }).table;
+}

@@ -20,7 +20,7 @@ import {
 import { looksLikeEnvelope, TEXT_PREFIX, toBytes } from '../crypto/envelope.ts';
 import { ByokConfigError, EncryptedColumnUsageError } from '../errors.ts';
 import { blindState, isBlindLookup } from './blind-index.ts';
-import { chunkText } from './chunks.ts';
+import { buildSetOperations, chunkText } from './chunks.ts';
 import { encryptedState } from './columns.ts';
 import { prepareRelationalV2, type RelationalV2Hooks, type TableConfigV2 } from './relational-v2.ts';
 import { isTrustedSql, trustSql } from './sql-walk.ts';
@@ -671,7 +671,7 @@ export function installGuard(dialect: object, tenantColumn: string | undefined):
       setOperators: [],
     });
     queries.set(left, p);
-    const r = this.buildSetOperations(left, config.setOperators);
+    const r = buildSetOperations(this, left, config);
     queries.set(r, p);
     return r;
   };
@@ -791,7 +791,9 @@ function checkRelational(args: RelationalArgs): void {
     ]),
   );
   const where =
-    typeof config.where === 'function' ? config.where(aliased, drizzleOrm.getOperators()) : config.where;
+    typeof config.where === 'function'
+      ? config.where(aliased, (drizzleOrm as unknown as { getOperators(): unknown }).getOperators())
+      : config.where;
   if (where !== undefined) expr(where, 'a relational query where');
   const extras = typeof config.extras === 'function' ? config.extras(aliased, { sql }) : config.extras;
   // Drizzle rebuilds extras without their decoder (`.mapWith` is lost): no ciphertext in them at all.

@@ -19,7 +19,7 @@ import {
   type QueryContext,
   sealFor,
 } from './columns.ts';
-import { instrumentInsertLayout } from './chunks.ts';
+import { columnTable, instrumentInsertLayout, placeholderName } from './chunks.ts';
 import { guardSql, installGuard } from './guard.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
 import { assertPgDatabase } from './pg.ts';
@@ -255,7 +255,7 @@ function isTenantColumn(encoder: unknown, tenantColumn: string): boolean {
   if (!is(encoder, Column)) return false;
   const c = encoder as Column;
   if (c.name === tenantColumn) return true;
-  const columns = (c.table as unknown as Record<symbol, Record<string, Column> | undefined>)[
+  const columns = (columnTable(c) as Record<symbol, Record<string, Column> | undefined>)[
     Symbol.for('drizzle:Columns')
   ];
   return columns?.[tenantColumn] === c || columns?.[tenantColumn]?.name === c.name;
@@ -281,7 +281,7 @@ function tenantNeeds(query: Query): TenantNeeds | undefined {
   let scope = false;
   for (const p of query.params) {
     const ph = is(p, Param) ? (p as Param).value : p;
-    if (is(ph, Placeholder) && (ph as Placeholder).name === SCOPE_PLACEHOLDER) {
+    if (is(ph, Placeholder) && placeholderName(ph) === SCOPE_PLACEHOLDER) {
       scope = true;
       break;
     }
@@ -522,11 +522,12 @@ async function resolveParams(
   const filled = inBuildContext(build, () =>
     params.map((p) => {
       if (p instanceof Placeholder) {
-        if (!(p.name in values)) throw new ByokConfigError(`no value for placeholder "${p.name}"`);
-        return values[p.name];
+        const name = placeholderName(p);
+        if (!(name in values)) throw new ByokConfigError(`no value for placeholder "${name}"`);
+        return values[name];
       }
       if (p instanceof Param && p.value instanceof Placeholder) {
-        const name = p.value.name;
+        const name = placeholderName(p.value);
         if (!(name in values)) throw new ByokConfigError(`no value for placeholder "${name}"`);
         const v = values[name];
         if (v === null || v === undefined) return null;

@@ -202,7 +202,7 @@ function encryptedFilter(
       }
       case 'NOT': {
         const inner = encryptedFilter(col, v, original, hooks);
-        if (inner !== undefined) parts.push(not(inner));
+        if (inner !== undefined) parts.push(not(inner) as SQL);
         break;
       }
       default:

@@ -1,6 +1,7 @@
 import { type Column, sql, type SQL } from 'drizzle-orm';
 import { type PgColumn, type PgPolicy, type PgRole, pgPolicy } from 'drizzle-orm/pg-core';
 import { ByokConfigError } from '../errors.ts';
+import { columnTable } from './chunks.ts';
 
 /**
  * Database-enforced tenant isolation (PostgreSQL row-level security), as defence in depth beside the
@@ -85,7 +86,7 @@ export function tenantCondition(
  */
 export function tenantPolicy(column: Column | PgColumn, options: TenantPolicyOptions = {}): PgPolicy {
   const condition = tenantCondition(column, options.setting, options.type);
-  const name = options.name ?? `${(column as PgColumn).table ? tableName(column) : 'table'}_tenant_isolation`;
+  const name = options.name ?? `${columnTable(column) ? tableName(column) : 'table'}_tenant_isolation`;
   const to = options.to === undefined ? 'public' : options.to;
   return pgPolicy(name, {
     as: 'permissive',
@@ -97,7 +98,7 @@ export function tenantPolicy(column: Column | PgColumn, options: TenantPolicyOpt
 }
 
 function tableName(column: Column | PgColumn): string {
-  return (column.table as unknown as Record<symbol, string>)[Symbol.for('drizzle:Name')] ?? 'table';
+  return (columnTable(column) as Record<symbol, string>)[Symbol.for('drizzle:Name')] ?? 'table';
 }
 
 function quoteIdent(name: string): string {

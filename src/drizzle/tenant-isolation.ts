@@ -1,7 +1,7 @@
 import { and, Column, is, Param, Placeholder, SQL, StringChunk, Subquery, sql } from 'drizzle-orm';
 import { PgTable } from 'drizzle-orm/pg-core';
 import { ByokConfigError, NoTenantError, TenantMismatchError } from '../errors.ts';
-import { chunkText } from './chunks.ts';
+import { chunkText, columnTable, placeholderName } from './chunks.ts';
 import { encryptedState } from './columns.ts';
 import { assertTenantId, scopeStorage } from './scope.ts';
 
@@ -196,11 +196,10 @@ export function collectChecks(root: SQL): TenantCheck[] {
 function checkFor(value: unknown, where: string, rowParams: readonly Param[]): TenantCheck {
   if (is(value, Param)) {
     const v = (value as Param).value;
-    if (is(v, Placeholder)) return { kind: 'placeholder', name: (v as Placeholder).name, where, rowParams };
+    if (is(v, Placeholder)) return { kind: 'placeholder', name: placeholderName(v), where, rowParams };
     return { kind: 'value', value: v, where };
   }
-  if (is(value, Placeholder))
-    return { kind: 'placeholder', name: (value as Placeholder).name, where, rowParams };
+  if (is(value, Placeholder)) return { kind: 'placeholder', name: placeholderName(value), where, rowParams };
   if (is(value, SQL) || is(value, SQL.Aliased)) {
     const inner = is(value, SQL.Aliased) ? (value as unknown as { sql: SQL }).sql : (value as SQL);
     const parts = inner.queryChunks.filter((c) => !(c instanceof StringChunk && chunkText(c).trim() === ''));
@@ -397,9 +396,9 @@ function selectCheck(
   if (field === undefined) return { kind: 'expr', where: what };
   if (is(field, Column)) {
     const col = field as Column;
-    const own = tenantColumnOf(col.table, tenantColumn);
+    const own = tenantColumnOf(columnTable(col), tenantColumn);
     // The tenant column of a table the select reads: scoped by the select's own predicate.
-    if (own !== undefined && own.column.name === col.name && selectReads(source, col.table)) {
+    if (own !== undefined && own.column.name === col.name && selectReads(source, columnTable(col))) {
       return { kind: 'scoped', where: what };
     }
     return { kind: 'expr', where: what };

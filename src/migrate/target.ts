@@ -2,6 +2,7 @@ import { is } from 'drizzle-orm';
 import { getTableConfig, PgColumn, PgTable } from 'drizzle-orm/pg-core';
 import { type EncryptedColumnState, encryptedState } from '../drizzle/columns.ts';
 import { ByokConfigError } from '../errors.ts';
+import { columnTable } from '../drizzle/chunks.ts';
 
 /**
  * A column to retrofit:
@@ -77,7 +78,7 @@ function ownColumn(table: PgTable, c: unknown, what: string, tableName: string):
     );
   }
   const col = c as PgColumn;
-  if ((col.table as unknown) !== table) {
+  if (columnTable(col) !== table) {
     throw new ByokConfigError(
       `${what} (column ${col.name}) belongs to another table than ${tableName}: use a column of the same table object`,
     );

@@ -7,7 +7,8 @@ import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import pg from 'pg';
 import postgres from 'postgres';
 import { inject } from 'vitest';
-import type { PgDb } from '../../src/keys/keyring.ts';
+import type { PgDatabase } from 'drizzle-orm/pg-core';
+type PgDb = PgDatabase<any, any, any>;
 import { relationalConfig } from './drizzle-version.ts';
 
 export type DriverName = 'postgres-js' | 'node-postgres' | 'pglite';
