@@ -33,7 +33,7 @@ import {
   versionFromCreate,
   wrapWith,
 } from './keys.ts';
-import { selfSignedCertificate } from './tls.ts';
+import { selfSignedCertificate } from '../tls.ts';
 
 export type AzureServerOperation =
   | 'token'
