@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
-import { ClientSecretCredential } from '@azure/identity';
+import { ClientCertificateCredential, ClientSecretCredential } from '@azure/identity';
 import { KeyClient } from '@azure/keyvault-keys';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -279,6 +279,62 @@ describe('Azure Key Vault KEK: credentials, rotation, configuration', () => {
     ).rejects.toBeInstanceOf(KmsCredentialsError);
   });
 
+  it('an EC (P-256) certificate: @azure/identity cannot sign with it, so the KEK refuses it up front', async () => {
+    const keyFile = join(dir, 'ec-key.pem');
+    const certFile = join(dir, 'ec-cert.pem');
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        keyFile,
+        '-out',
+        certFile,
+        '-days',
+        '1',
+        '-subj',
+        '/CN=platform-ec',
+      ],
+      { stdio: 'ignore' },
+    );
+    const certPem = readFileSync(certFile, 'utf8');
+    const pem = `${readFileSync(keyFile, 'utf8')}${certPem}`;
+    az.addAppCertificate(app.clientId, certPem);
+    // the SDK itself: no token from an EC certificate (client assertions are RS256 / PS256)
+    const sdk = new ClientCertificateCredential(
+      app.tenantId,
+      app.clientId,
+      { certificate: pem },
+      { authorityHost: az.url, disableInstanceDiscovery: true, tlsOptions: { ca: az.caCertificate } },
+    );
+    az.counters.reset();
+    const sdkErr = (await sdk.getToken('https://vault.azure.net/.default').catch((x) => x)) as Error;
+    expect(sdkErr).toBeInstanceOf(Error);
+    expect(az.counters.calls.filter((c) => c.operation === 'token' && c.status === 200)).toHaveLength(0);
+    const refused = (() => {
+      try {
+        kekFor(az.keyId('k'), {
+          type: 'client-certificate',
+          tenantId: app.tenantId,
+          clientId: app.clientId,
+          certificatePem: pem,
+        });
+      } catch (e) {
+        return e as ByokConfigError;
+      }
+      throw new Error('accepted');
+    })();
+    expect(refused).toBeInstanceOf(ByokConfigError);
+    expect(refused.message).toMatch(/private key is ec; an RSA key is needed/);
+    expect(`${refused.message} ${inspect(refused)}`).not.toContain('PRIVATE KEY');
+  });
+
   it('managed identity (App Service protocol: IDENTITY_ENDPOINT / IDENTITY_HEADER) wraps and unwraps', async () => {
     const mi = az.addManagedIdentity();
     const { id, name } = newKey();
@@ -498,5 +554,38 @@ describe('Azure Key Vault KEK: the tenant manages its key over the wire (KeyClie
     await expect(
       kekFor(az.keyId(name), { type: 'client-secret', ...platform }).wrap(randomBytes(32), ctx),
     ).rejects.toBeInstanceOf(KeyAccessDeniedError);
+  });
+});
+
+describe('Azure Key Vault KEK: the factory rebuilds every credential type', () => {
+  it('public fields from params, the secret from the secret part; a missing secret or unknown type refused', async () => {
+    const id = az.keyId('k');
+    const credentials: AzureCredential[] = [
+      { type: 'client-secret', ...app },
+      {
+        type: 'workload-identity',
+        tenantId: app.tenantId,
+        clientId: app.clientId,
+        tokenFilePath: '/var/run/token',
+      },
+      { type: 'managed-identity' },
+      { type: 'managed-identity', clientId: app.clientId },
+      { type: 'default' },
+    ];
+    for (const credential of credentials) {
+      const cfg = kekFor(id, credential).toConfig();
+      const rebuilt = (await azureKekFactory(cfg)) as ReturnType<typeof azureKeyVault>;
+      expect(rebuilt.toConfig(), credential.type).toEqual(cfg);
+    }
+    const cfg = kekFor(id).toConfig();
+    expect(() => azureKekFactory({ ...cfg, secret: {} })).toThrow(
+      /needs clientSecret in the config's secret part/,
+    );
+    expect(() =>
+      azureKekFactory({
+        ...cfg,
+        params: { ...cfg.params, credential: { type: 'password', tenantId: app.tenantId } },
+      }),
+    ).toThrow(ByokConfigError);
   });
 });
