@@ -9,6 +9,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
+import { ClientCertificateCredential, ClientSecretCredential } from '@azure/identity';
+import { KeyClient } from '@azure/keyvault-keys';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -16,11 +18,13 @@ import {
   KekNotFoundError,
   KeyAccessDeniedError,
   KeyDisabledError,
+  KeyUsageError,
   KmsCredentialsError,
   KmsIntegrityError,
   KmsThrottledError,
   KmsUnavailableError,
 } from '../src/index.ts';
+import { mapAzureError } from '../src/kms/azure/errors.ts';
 import { type AzureCredential, azureKekFactory, azureKeyVault } from '../src/kms/azure/index.ts';
 import {
   type AzureAppRegistration,
@@ -138,12 +142,15 @@ describe('Azure Key Vault KEK: refusals first', () => {
     expect((await kekFor(expired.id).describe()).state).toBe('disabled');
     const signOnly = newKey({ keyOps: ['sign', 'verify'] });
     expect((await kekFor(signOnly.id).describe()).details?.canWrap).toBe(false);
+    // the key refuses the operation (KeyOperationForbidden): a usage error, not a revoked grant
+    await expect(kekFor(signOnly.id).wrap(randomBytes(32), ctx)).rejects.toBeInstanceOf(KeyUsageError);
   });
 
   it('throttling and outages: retried, then KmsThrottledError / KmsUnavailableError', async () => {
     const { id } = newKey();
     const kek = kekFor(id, undefined, { retries: 2 });
     const { wrapped, wrappedBy } = await kek.wrapIdentified(randomBytes(32), ctx);
+    await kek.unwrap(wrapped, ctx, wrappedBy); // the version's client answers the challenge once
     az.counters.reset();
     az.faults.fail(2, 429, { operations: ['unwrapKey'] });
     await kek.unwrap(wrapped, ctx, wrappedBy);
@@ -272,6 +279,62 @@ describe('Azure Key Vault KEK: credentials, rotation, configuration', () => {
     ).rejects.toBeInstanceOf(KmsCredentialsError);
   });
 
+  it('an EC (P-256) certificate: @azure/identity cannot sign with it, so the KEK refuses it up front', async () => {
+    const keyFile = join(dir, 'ec-key.pem');
+    const certFile = join(dir, 'ec-cert.pem');
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        keyFile,
+        '-out',
+        certFile,
+        '-days',
+        '1',
+        '-subj',
+        '/CN=platform-ec',
+      ],
+      { stdio: 'ignore' },
+    );
+    const certPem = readFileSync(certFile, 'utf8');
+    const pem = `${readFileSync(keyFile, 'utf8')}${certPem}`;
+    az.addAppCertificate(app.clientId, certPem);
+    // the SDK itself: no token from an EC certificate (client assertions are RS256 / PS256)
+    const sdk = new ClientCertificateCredential(
+      app.tenantId,
+      app.clientId,
+      { certificate: pem },
+      { authorityHost: az.url, disableInstanceDiscovery: true, tlsOptions: { ca: az.caCertificate } },
+    );
+    az.counters.reset();
+    const sdkErr = (await sdk.getToken('https://vault.azure.net/.default').catch((x) => x)) as Error;
+    expect(sdkErr).toBeInstanceOf(Error);
+    expect(az.counters.calls.filter((c) => c.operation === 'token' && c.status === 200)).toHaveLength(0);
+    const refused = (() => {
+      try {
+        kekFor(az.keyId('k'), {
+          type: 'client-certificate',
+          tenantId: app.tenantId,
+          clientId: app.clientId,
+          certificatePem: pem,
+        });
+      } catch (e) {
+        return e as ByokConfigError;
+      }
+      throw new Error('accepted');
+    })();
+    expect(refused).toBeInstanceOf(ByokConfigError);
+    expect(refused.message).toMatch(/private key is ec; an RSA key is needed/);
+    expect(`${refused.message} ${inspect(refused)}`).not.toContain('PRIVATE KEY');
+  });
+
   it('managed identity (App Service protocol: IDENTITY_ENDPOINT / IDENTITY_HEADER) wraps and unwraps', async () => {
     const mi = az.addManagedIdentity();
     const { id, name } = newKey();
@@ -314,6 +377,36 @@ describe('Azure Key Vault KEK: credentials, rotation, configuration', () => {
     expect(Buffer.from(await kek.unwrap(v2.wrapped, ctx, v2.wrappedBy))).toEqual(dek);
   });
 
+  it('request cost: one HTTP call per wrap and per unwrap, no key read; a rotation is followed without one', async () => {
+    const { id, name } = newKey();
+    const kek = kekFor(id);
+    const dek = randomBytes(32);
+    await kek.wrapIdentified(dek, ctx); // the token and the challenge, once
+    az.counters.reset();
+    const wraps = [];
+    for (let i = 0; i < 5; i++) wraps.push(await kek.wrapIdentified(dek, ctx));
+    for (const w of wraps) expect(Buffer.from(await kek.unwrap(w.wrapped, ctx, w.wrappedBy))).toEqual(dek);
+    // Each key version's client answers Key Vault's authentication challenge (401) once; the
+    // credential's token is cached, so no token request follows it.
+    expect(az.counters.calls.map((c) => `${c.operation} ${c.status}`)).toEqual([
+      ...Array(5).fill('wrapKey 200'),
+      'unwrapKey 401',
+      ...Array(5).fill('unwrapKey 200'),
+    ]);
+    const next = az.rotateKey(name);
+    az.counters.reset();
+    const after = await kek.wrapIdentified(dek, ctx);
+    expect(after.wrappedBy).toBe(next);
+    expect(Buffer.from(await kek.unwrap(wraps[0]!.wrapped, ctx, wraps[0]!.wrappedBy))).toEqual(dek);
+    expect(Buffer.from(await kek.unwrap(after.wrapped, ctx, after.wrappedBy))).toEqual(dek);
+    expect(az.counters.calls.map((c) => `${c.operation} ${c.status}`)).toEqual([
+      'wrapKey 200',
+      'unwrapKey 200',
+      'unwrapKey 401',
+      'unwrapKey 200',
+    ]);
+  });
+
   it('Managed HSM AES key wrap (A256KW on an oct-HSM key)', async () => {
     const { id } = newKey({ kty: 'oct-HSM' });
     const kek = kekFor(id, undefined, { algorithm: 'A256KW' });
@@ -332,5 +425,167 @@ describe('Azure Key Vault KEK: credentials, rotation, configuration', () => {
     expect(cfg.secret).toEqual({ clientSecret: app.clientSecret });
     for (const shown of [JSON.stringify(cfg.params), JSON.stringify(kek), inspect(kek)])
       expect(shown).not.toContain(app.clientSecret);
+  });
+});
+
+/** The tenant's own `KeyClient` (the real SDK) as a principal of the local vault. */
+function keyClientAs(who: AzureAppRegistration): KeyClient {
+  const tls = { tlsOptions: { ca: az.caCertificate }, retryOptions: { maxRetries: 0 } };
+  return new KeyClient(
+    az.url,
+    new ClientSecretCredential(who.tenantId, who.clientId, who.clientSecret, {
+      ...tls,
+      authorityHost: az.url,
+      disableInstanceDiscovery: true,
+    }),
+    { ...tls, disableChallengeResourceVerification: true },
+  );
+}
+
+describe('Azure Key Vault KEK: the tenant manages its key over the wire (KeyClient)', () => {
+  it('create, rotate, disable and expire through KeyClient; the KEK follows each change', async () => {
+    const admin = az.addApp();
+    az.grant('*', admin.clientId, 'Key Vault Crypto Officer');
+    const kc = keyClientAs(admin);
+    const name = `wire-${randomBytes(3).toString('hex')}`;
+    az.counters.reset();
+    const created = await kc.createRsaKey(name, { keySize: 3072, keyOps: ['wrapKey', 'unwrapKey'] });
+    expect(created).toMatchObject({ name, keyType: 'RSA', keyOperations: ['wrapKey', 'unwrapKey'] });
+    expect(created.key?.n?.length).toBe(384);
+    expect(created.properties.enabled).toBe(true);
+    expect(az.counters.operation('createKey')).toBeGreaterThanOrEqual(1);
+    expect(az.counters.calls.filter((c) => c.operation === 'createKey' && c.status === 200)).toHaveLength(1);
+    // the platform's role assignment on the key (Azure RBAC, outside the vault's data plane)
+    az.grant(name, app.clientId);
+    const kek = kekFor(az.keyId(name));
+    const dek = randomBytes(32);
+    const v1 = await kek.wrapIdentified(dek, ctx);
+    expect(v1.wrappedBy).toBe(created.id);
+
+    const rotated = await kc.rotateKey(name);
+    expect(rotated.properties.version).not.toBe(created.properties.version);
+    expect(rotated.keyOperations).toEqual(['wrapKey', 'unwrapKey']);
+    expect((await kek.describe()).currentKeyId).toBe(rotated.id);
+    const v2 = await kek.wrapIdentified(dek, ctx);
+    expect(v2.wrappedBy).toBe(rotated.id);
+
+    const off = await kc.updateKeyProperties(name, created.properties.version!, { enabled: false });
+    expect(off.properties.enabled).toBe(false);
+    await expect(kek.unwrap(v1.wrapped, ctx, v1.wrappedBy)).rejects.toBeInstanceOf(KeyDisabledError);
+    expect(Buffer.from(await kek.unwrap(v2.wrapped, ctx, v2.wrappedBy))).toEqual(dek);
+    await kc.updateKeyProperties(name, created.properties.version!, { enabled: true });
+    expect(Buffer.from(await kek.unwrap(v1.wrapped, ctx, v1.wrappedBy))).toEqual(dek);
+
+    // without a version: the current one
+    const past = new Date(Date.now() - 60_000);
+    const expired = await kc.updateKeyProperties(name, { expiresOn: past });
+    expect(expired.properties.version).toBe(rotated.properties.version);
+    expect(expired.properties.expiresOn?.getTime()).toBe(Math.floor(past.getTime() / 1000) * 1000);
+    await expect(kek.wrap(dek, ctx)).rejects.toBeInstanceOf(KeyDisabledError);
+    expect((await kek.describe()).state).toBe('disabled');
+    expect((await kc.getKey(name)).properties.expiresOn?.getTime()).toBe(
+      expired.properties.expiresOn?.getTime(),
+    );
+    expect(az.counters.calls.filter((c) => c.operation === 'updateKey' && c.status === 200)).toHaveLength(3);
+    expect(az.counters.calls.filter((c) => c.operation === 'rotateKey' && c.status === 200)).toHaveLength(1);
+    // every keys call past the challenge is recorded with the principal of its token
+    const keyCalls = az.counters.calls.filter((c) => c.key === name && c.status !== 401);
+    expect(keyCalls.every((c) => c.principal === admin.clientId || c.principal === app.clientId)).toBe(true);
+
+    // create on an existing name makes a new version; an unknown key type is a 400
+    const again = await kc.createKey(name, 'RSA');
+    expect(again.properties.version).not.toBe(rotated.properties.version);
+    expect(again.keyOperations).toEqual(['encrypt', 'decrypt', 'sign', 'verify', 'wrapKey', 'unwrapKey']);
+    expect(az.versions(name)).toHaveLength(3);
+    const badType = (await kc.createKey(`${name}-ec`, 'EC').catch((x) => x)) as { statusCode?: number };
+    expect(badType.statusCode).toBe(400);
+  });
+
+  it('key management faults and counters: a 503 on rotate is seen by KeyClient, then it succeeds', async () => {
+    const admin = az.addApp();
+    az.grant('*', admin.clientId, 'Key Vault Crypto Officer');
+    const kc = keyClientAs(admin);
+    const name = `flt-${randomBytes(3).toString('hex')}`;
+    await kc.createKey(name, 'RSA');
+    az.faults.fail(1, 503, { operations: ['rotateKey'], keys: [name] });
+    const err = (await kc.rotateKey(name).catch((x) => x)) as { statusCode?: number };
+    expect(err.statusCode).toBe(503);
+    await kc.rotateKey(name);
+    expect(az.versions(name)).toHaveLength(2);
+    az.faults.clear();
+  });
+
+  it('a principal without the permission gets 403 ForbiddenByRbac, mapped to KeyAccessDeniedError', async () => {
+    const admin = az.addApp();
+    az.grant('*', admin.clientId, 'Key Vault Crypto Officer');
+    const name = `rbac-${randomBytes(3).toString('hex')}`;
+    await keyClientAs(admin).createKey(name, 'RSA');
+    // the platform: Key Vault Crypto Service Encryption User on the key, nothing more
+    const platform = az.addApp();
+    az.grant(name, platform.clientId);
+    const kc = keyClientAs(platform);
+    expect((await kc.getKey(name)).name).toBe(name);
+    const refusals: [string, 'createKey' | 'rotateKey' | 'updateKey', () => Promise<unknown>][] = [
+      ['create', 'createKey', () => kc.createKey(`${name}-new`, 'RSA')],
+      ['rotate', 'rotateKey', () => kc.rotateKey(name)],
+      ['update', 'updateKey', () => kc.updateKeyProperties(name, { enabled: false })],
+    ];
+    for (const [what, op, run] of refusals) {
+      const e = (await run().catch((x) => x)) as {
+        statusCode?: number;
+        code?: string;
+        details?: { error?: { innerError?: { code?: string } } };
+      };
+      expect(e.statusCode, what).toBe(403);
+      expect(e.code, what).toBe('Forbidden');
+      expect(e.details?.error?.innerError?.code, what).toBe('ForbiddenByRbac');
+      const mapped = mapAzureError(e, op, az.keyId(name), 'acme', 1, 'the platform');
+      expect(mapped, what).toBeInstanceOf(KeyAccessDeniedError);
+      expect(mapped.message, what).toContain(`Azure Key Vault ${op} with ${az.keyId(name)}`);
+    }
+    expect((await kc.getKey(name)).properties.enabled).toBe(true);
+    // a grant without unwrapKey: the KEK's round trip is refused as access denied
+    az.grant(name, platform.clientId, ['get', 'wrapKey']);
+    const kek = kekFor(az.keyId(name), { type: 'client-secret', ...platform });
+    const w = await kek.wrapIdentified(randomBytes(32), ctx);
+    await expect(kek.unwrap(w.wrapped, ctx, w.wrappedBy)).rejects.toBeInstanceOf(KeyAccessDeniedError);
+    // and one with unwrapKey only: no wrap
+    az.grant(name, platform.clientId, ['unwrapKey']);
+    await expect(
+      kekFor(az.keyId(name), { type: 'client-secret', ...platform }).wrap(randomBytes(32), ctx),
+    ).rejects.toBeInstanceOf(KeyAccessDeniedError);
+  });
+});
+
+describe('Azure Key Vault KEK: the factory rebuilds every credential type', () => {
+  it('public fields from params, the secret from the secret part; a missing secret or unknown type refused', async () => {
+    const id = az.keyId('k');
+    const credentials: AzureCredential[] = [
+      { type: 'client-secret', ...app },
+      {
+        type: 'workload-identity',
+        tenantId: app.tenantId,
+        clientId: app.clientId,
+        tokenFilePath: '/var/run/token',
+      },
+      { type: 'managed-identity' },
+      { type: 'managed-identity', clientId: app.clientId },
+      { type: 'default' },
+    ];
+    for (const credential of credentials) {
+      const cfg = kekFor(id, credential).toConfig();
+      const rebuilt = (await azureKekFactory(cfg)) as ReturnType<typeof azureKeyVault>;
+      expect(rebuilt.toConfig(), credential.type).toEqual(cfg);
+    }
+    const cfg = kekFor(id).toConfig();
+    expect(() => azureKekFactory({ ...cfg, secret: {} })).toThrow(
+      /needs clientSecret in the config's secret part/,
+    );
+    expect(() =>
+      azureKekFactory({
+        ...cfg,
+        params: { ...cfg.params, credential: { type: 'password', tenantId: app.tenantId } },
+      }),
+    ).toThrow(ByokConfigError);
   });
 });

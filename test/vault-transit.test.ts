@@ -322,3 +322,76 @@ describe('Vault Transit KEK: auth methods, namespaces, versions', () => {
     expect(Buffer.from(await kek.unwrap(v2.wrapped, ctx, v2.wrappedBy))).toEqual(dek);
   });
 });
+
+describe('Vault Transit KEK over HTTPS (a private CA through caCertificate)', () => {
+  let tlsVault: VaultServer;
+  beforeAll(async () => {
+    tlsVault = await startVaultServer({ tls: true });
+  });
+  afterAll(async () => {
+    await tlsVault?.close();
+  });
+  const space = () => {
+    const ns = tlsVault.namespace(`t-${randomBytes(4).toString('hex')}`);
+    const key = ns.createKey('drizzle-byok');
+    ns.putPolicy('drizzle-byok', vaultPolicyFor('transit', key));
+    return { ns, key, ...ns.addAppRole({ name: 'platform', policies: ['drizzle-byok'] }) };
+  };
+  const kekOver = (s: ReturnType<typeof space>, extra: Record<string, unknown> = {}) =>
+    vaultTransit({
+      address: tlsVault.address,
+      namespace: s.ns.path,
+      keyName: s.key,
+      auth: { type: 'approle', roleId: s.roleId, secretId: s.secretId },
+      retries: 0,
+      ...extra,
+    });
+
+  it('with caCertificate: login, wrap and unwrap over TLS; the CA is kept in the configuration', async () => {
+    expect(tlsVault.address).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    expect(tlsVault.caCertificate).toContain('-----BEGIN CERTIFICATE-----');
+    const s = space();
+    const kek = kekOver(s, { caCertificate: tlsVault.caCertificate });
+    const dek = randomBytes(32);
+    const w = await kek.wrapIdentified(dek, ctx);
+    expect(Buffer.from(await kek.unwrap(w.wrapped, ctx, w.wrappedBy))).toEqual(dek);
+    expect((await kek.describe()).state).toBe('enabled');
+    const cfg = kek.toConfig();
+    expect(cfg.params.caCertificate).toBe(tlsVault.caCertificate);
+    const again = await vaultKekFactory(cfg);
+    expect(Buffer.from(await again.unwrap(w.wrapped, ctx, w.wrappedBy))).toEqual(dek);
+    // the certificate names localhost too: a TLS server name that it names is accepted
+    const byName = kekOver(s, { caCertificate: tlsVault.caCertificate, tlsServerName: 'localhost' });
+    expect(Buffer.from(await byName.unwrap(w.wrapped, ctx, w.wrappedBy))).toEqual(dek);
+    expect(tlsVault.counters.operation('decrypt')).toBeGreaterThanOrEqual(3);
+  });
+
+  it('without it (or with another CA, or another server name): refused at once as KmsUnavailableError, not retried', async () => {
+    const s = space();
+    const other = (await startVaultServer({ tls: true })) as VaultServer;
+    const otherCa = other.caCertificate;
+    await other.close();
+    tlsVault.counters.reset();
+    const cases: [string, Record<string, unknown>, RegExp][] = [
+      ['no caCertificate', {}, /SELF_SIGNED|UNABLE_TO_VERIFY/],
+      ['another CA', { caCertificate: otherCa }, /SELF_SIGNED|UNABLE_TO_VERIFY|CERT_SIGNATURE_FAILURE/],
+      [
+        'a server name the certificate does not name',
+        { caCertificate: tlsVault.caCertificate, tlsServerName: 'vault.example.com' },
+        /ERR_TLS_CERT_ALTNAME_INVALID/,
+      ],
+    ];
+    for (const [what, extra, code] of cases) {
+      // generous deadline and retries: a refused certificate must neither wait for them nor use them
+      const kek = kekOver(s, { timeoutMs: 60_000, retries: 3, retryDelayMs: 10_000, ...extra });
+      const err = (await kek.wrap(randomBytes(32), ctx).catch((x) => x)) as Error & { code?: string };
+      expect(err, what).toBeInstanceOf(KmsUnavailableError);
+      expect(err.message, what).toMatch(code);
+      expect(err.message, what).toContain('caCertificate');
+      expect(err.message, what).not.toContain('after');
+      expect(`${err.message} ${inspect(err)}`, what).not.toContain(s.secretId);
+    }
+    // the TLS handshake failed: no request reached the server
+    expect(tlsVault.counters.total).toBe(0);
+  });
+});

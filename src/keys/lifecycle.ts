@@ -11,7 +11,7 @@ import {
   LifecycleBusyError,
   TenantShreddedError,
 } from '../errors.ts';
-import type { Kek, KeyDescription } from '../kms/kek.ts';
+import type { Kek, KekKind, KeyDescription } from '../kms/kek.ts';
 import { dekMaterial } from './cache.ts';
 import { isRefusal } from './heartbeat.ts';
 import { isMoved, unwrapIdentified, wrapIdentified } from './identity.ts';
@@ -30,11 +30,15 @@ import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
  * - is broadcast to other instances (PostgreSQL NOTIFY, delivered at commit) so they drop cached keys.
  */
 export interface TenantKekStatus {
-  /** The configured reference: key ARN, alias ARN, or Cloud KMS CryptoKey name. */
+  /**
+   * The configured reference: AWS key or alias ARN, Cloud KMS CryptoKey name, Key Vault key id
+   * without a version, or the Vault transit key's URL.
+   */
   readonly keyRef: string;
   /**
-   * What `keyRef` resolved to at the last health check: the key ARN an alias points to, the primary
-   * CryptoKeyVersion of a Cloud KMS key. Null until a health check (or a re-wrap) ran.
+   * What `keyRef` resolved to at the last health check: the key ARN an AWS alias points to, the
+   * primary CryptoKeyVersion of a Cloud KMS key, the current version of a Key Vault key, the latest
+   * version of a transit key. Null until a health check (or a re-wrap) ran.
    */
   readonly currentKeyId: string | null;
   /**
@@ -43,8 +47,9 @@ export interface TenantKekStatus {
    */
   readonly wrappedBy: readonly { keyId: string | null; dataKeys: number }[];
   /**
-   * Data keys wrapped under another key than `currentKeyId` (the alias was moved to another key).
-   * They still unwrap while the old key is enabled; `rewrapMovedKeys` moves them to the current key.
+   * Data keys wrapped under another key than `currentKeyId` (an AWS alias moved, a Cloud KMS primary
+   * version changed, a Key Vault or transit key rotated). They still unwrap while the old key (or
+   * version) is enabled; `rewrapMovedKeys` moves them to the current one.
    */
   readonly moved: number;
   readonly kind: string;
@@ -128,7 +133,7 @@ function asKeks(keks: Kek | readonly Kek[], what: string): Kek[] {
       typeof (k as Kek).keyRef !== 'string'
     ) {
       throw new ByokConfigError(
-        `${what}: every KEK must come from awsKms(...), gcpKms(...) or another Kek provider`,
+        `${what}: every KEK must come from awsKms(...), gcpKms(...), azureKeyVault(...), vaultTransit(...) or another Kek provider`,
       );
     }
   }
@@ -136,6 +141,16 @@ function asKeks(keks: Kek | readonly Kek[], what: string): Kek[] {
   if (refs.size !== list.length) throw new ByokConfigError(`${what}: the same key is listed twice`);
   return list;
 }
+
+/** What each provider's key must be to wrap data keys, in that provider's words (for refusals). */
+const KEY_NEEDED: Partial<Record<KekKind, string>> = {
+  'aws-kms': 'an AWS KMS symmetric encryption key (key spec SYMMETRIC_DEFAULT, key usage ENCRYPT_DECRYPT)',
+  'gcp-kms': 'a Cloud KMS key of purpose ENCRYPT_DECRYPT (algorithm GOOGLE_SYMMETRIC_ENCRYPTION)',
+  'azure-key-vault':
+    'a Key Vault RSA key (RSA or RSA-HSM) permitting wrapKey and unwrapKey for RSA-OAEP-256, or a Managed HSM oct-HSM key for A256KW',
+  'vault-transit':
+    'a Vault transit key of an AEAD type (aes256-gcm96, aes128-gcm96 or chacha20-poly1305), derived or not as the KEK is configured',
+};
 
 /**
  * Verifies a tenant's KEK before it is used: the keyring can rebuild it from configuration, the key
@@ -151,27 +166,30 @@ export async function verifyKek(keyring: Keyring, tenantId: string, kek: Kek): P
   }
   const description = await keyring.timedKms('describe', kek, tenantId, () => kek.describe());
   const d = description.details ?? {};
+  const need = KEY_NEEDED[kek.kind] ?? 'a key that can encrypt and decrypt (wrap and unwrap) data keys';
+  // AWS (keyUsage, keySpec) and Cloud KMS (purpose) name usage and spec; Key Vault and Vault
+  // Transit report what they lack through canWrap and their own words in providerState.
   const usage = d.keyUsage ?? d.purpose;
-  const spec = d.keySpec ?? d.algorithm;
   const wrongUsage =
     (usage !== undefined && usage !== null && usage !== 'ENCRYPT_DECRYPT') ||
     (d.keySpec !== undefined && d.keySpec !== null && d.keySpec !== 'SYMMETRIC_DEFAULT');
   if (wrongUsage) {
+    const spec = d.keySpec ?? d.algorithm;
     throw new KeyUsageError(
-      `${kek.keyRef} cannot wrap data keys (usage ${usage ?? 'unknown'}, spec ${spec ?? 'unknown'}): use a symmetric ` +
-        'encryption key (AWS: SYMMETRIC_DEFAULT / ENCRYPT_DECRYPT; Cloud KMS: purpose ENCRYPT_DECRYPT)',
+      `${kek.keyRef} cannot wrap data keys (usage ${usage ?? 'unknown'}, spec ${spec ?? 'unknown'}): use ${need}`,
       { tenantId },
     );
   }
   if (description.state !== 'enabled') {
-    throw new KeyDisabledError(
-      `${kek.keyRef} is ${description.providerState ?? description.state}: enable it first`,
-      { tenantId },
-    );
+    const words = description.providerState ?? description.state;
+    const fix = /expired|not ?yet ?valid/i.test(words)
+      ? 'move its expiry or activation date (or use another key version) first'
+      : 'enable it first';
+    throw new KeyDisabledError(`${kek.keyRef} is ${words}: ${fix}`, { tenantId });
   }
   if (d.canWrap === false) {
     throw new KeyUsageError(
-      `${kek.keyRef} cannot wrap data keys now (${description.providerState ?? 'unknown state'})`,
+      `${kek.keyRef} cannot wrap data keys (${description.providerState ?? 'unknown state'}): use ${need}`,
       { tenantId },
     );
   }

@@ -4,7 +4,15 @@
  * platform's access and restore it, an outage).
  */
 import { randomBytes } from 'node:crypto';
-import type { Kek, KekFactory } from '../../src/index.ts';
+import { ClientSecretCredential } from '@azure/identity';
+import { KeyClient } from '@azure/keyvault-keys';
+import {
+  type ByokError,
+  type Kek,
+  type KekFactory,
+  KeyAccessDeniedError,
+  KeyDisabledError,
+} from '../../src/index.ts';
 import { awsKekFactory, awsKms } from '../../src/kms/aws.ts';
 import { azureKekFactory, azureKeyVault } from '../../src/kms/azure/index.ts';
 import { gcpKekFactory, gcpKms } from '../../src/kms/gcp.ts';
@@ -28,18 +36,22 @@ export interface TenantKey {
   kek(): Kek;
   readonly keyRef: string;
   /** A new version / key behind the same reference (Cloud KMS primary, alias move, transit rotate). */
-  rotateVersion(): void;
+  rotateVersion(): void | Promise<void>;
   /** After every data key was re-wrapped: retire what the rotation replaced (where the KMS can). */
-  retireOldVersions(): void;
-  /** Removes the platform's permission to use the key. */
-  revoke(): void;
-  restore(): void;
+  retireOldVersions(): void | Promise<void>;
+  /** The tenant cuts the platform off: its permission removed, or the key disabled. */
+  revoke(): void | Promise<void>;
+  restore(): void | Promise<void>;
 }
 
 export interface ProviderHarness {
   readonly name: string;
   readonly kind: string;
   readonly factory: KekFactory;
+  /** The error reads fail with once the tenant revoked (`TenantKey.revoke`). */
+  readonly revokedAs: abstract new (
+    ...args: never[]
+  ) => ByokError;
   start(): Promise<void>;
   stop(): Promise<void>;
   newKey(): Promise<TenantKey>;
@@ -57,6 +69,7 @@ export function awsHarness(): ProviderHarness {
   return {
     name: 'AWS KMS',
     kind: 'aws-kms',
+    revokedAs: KeyAccessDeniedError,
     factory: awsKekFactory,
     async start() {
       aws = await startAwsKmsServer();
@@ -123,6 +136,7 @@ export function gcpHarness(): ProviderHarness {
   return {
     name: 'Google Cloud KMS',
     kind: 'gcp-kms',
+    revokedAs: KeyAccessDeniedError,
     factory: gcpKekFactory,
     async start() {
       gcp = await startGcpKmsServer();
@@ -181,6 +195,7 @@ export function vaultHarness(): ProviderHarness {
   return {
     name: 'HashiCorp Vault Transit',
     kind: 'vault-transit',
+    revokedAs: KeyAccessDeniedError,
     factory: vaultKekFactory,
     async start() {
       vault = await startVaultServer();
@@ -218,22 +233,48 @@ export function vaultHarness(): ProviderHarness {
   };
 }
 
+/**
+ * Azure: the tenant's administrator (`Key Vault Crypto Officer` on the vault) creates, rotates,
+ * retires and disables its key with its own `KeyClient` over the wire; the platform's role
+ * assignment on the key is Azure RBAC, outside the vault, so it is made on the server handle.
+ * Revocation is the tenant disabling every version of its key.
+ */
 export function azureHarness(): ProviderHarness {
   let az: AzureKeyVaultServer;
   let app: AzureAppRegistration;
+  let tenant: KeyClient;
   return {
     name: 'Azure Key Vault',
     kind: 'azure-key-vault',
     factory: azureKekFactory,
+    revokedAs: KeyDisabledError,
     async start() {
       az = await startAzureKeyVaultServer();
       app = az.addApp();
+      const admin = az.addApp();
+      az.grant('*', admin.clientId, 'Key Vault Crypto Officer');
+      const tls = { tlsOptions: { ca: az.caCertificate }, retryOptions: { maxRetries: 0 } };
+      tenant = new KeyClient(
+        az.url,
+        new ClientSecretCredential(admin.tenantId, admin.clientId, admin.clientSecret, {
+          ...tls,
+          authorityHost: az.url,
+          disableInstanceDiscovery: true,
+        }),
+        { ...tls, disableChallengeResourceVerification: true },
+      );
     },
     stop: () => az.close(),
     async newKey() {
-      const keyId = az.createKey();
-      const name = keyId.slice(keyId.lastIndexOf('/') + 1);
+      const name = `byok-${randomBytes(4).toString('hex')}`;
+      const created = await tenant.createRsaKey(name, { keyOps: ['wrapKey', 'unwrapKey'] });
+      const versions = [created.properties.version!];
+      const retired = new Set<string>();
       az.grant(name, app.clientId);
+      const keyId = az.keyId(name);
+      const setAll = async (enabled: boolean) => {
+        for (const v of versions) if (!retired.has(v)) await tenant.updateKeyProperties(name, v, { enabled });
+      };
       return {
         keyRef: keyId,
         kek: () =>
@@ -245,15 +286,22 @@ export function azureHarness(): ProviderHarness {
             timeoutMs: 3000,
             retries: 0,
           }),
-        rotateVersion: () => void az.rotateKey(name),
-        retireOldVersions() {
-          for (const v of az.versions(name).slice(0, -1)) az.setEnabled(name, false, v);
+        async rotateVersion() {
+          versions.push((await tenant.rotateKey(name)).properties.version!);
         },
-        revoke: () => az.revoke(name, app.clientId),
-        restore: () => az.grant(name, app.clientId),
+        async retireOldVersions() {
+          for (const v of versions.slice(0, -1)) {
+            await tenant.updateKeyProperties(name, v, { enabled: false });
+            retired.add(v);
+          }
+        },
+        revoke: () => setAll(false),
+        restore: () => setAll(true),
       };
     },
-    unwraps: () => az.counters.operation('unwrapKey'),
+    // Not the challenge: a new client (one per key version) first sends its unwrap without a
+    // token, is answered 401 with where to get one, and sends it again with the cached token.
+    unwraps: () => az.counters.calls.filter((c) => c.operation === 'unwrapKey' && c.status !== 401).length,
     resetCounters: () => az.counters.reset(),
     outage: () => az.faults.fail(1_000_000, 503, { operations: ['getKey', 'wrapKey', 'unwrapKey'] }),
     recover: () => az.faults.clear(),

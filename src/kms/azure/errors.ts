@@ -11,14 +11,23 @@ import {
   KmsUnavailableError,
 } from '../../errors.ts';
 
-export type AzureOperation = 'wrapKey' | 'unwrapKey' | 'getKey';
+/** The KEK's own calls, and the key management calls a tenant's administrator makes. */
+export type AzureOperation = 'wrapKey' | 'unwrapKey' | 'getKey' | 'createKey' | 'rotateKey' | 'updateKey';
 
 interface RestErrorLike {
   name?: string;
   statusCode?: number;
   code?: string;
   message?: string;
-  details?: { error?: { code?: string; message?: string; innererror?: { code?: string } } };
+  /** The SDK deserializes the body's `innererror` as `innerError`. */
+  details?: {
+    error?: {
+      code?: string;
+      message?: string;
+      innerError?: { code?: string };
+      innererror?: { code?: string };
+    };
+  };
 }
 
 const NETWORK = new Set([
@@ -42,7 +51,9 @@ function parts(e: unknown): { status?: number; code?: string; inner?: string; te
   return {
     ...(typeof r.statusCode === 'number' ? { status: r.statusCode } : {}),
     ...(typeof (body?.code ?? r.code) === 'string' ? { code: (body?.code ?? r.code) as string } : {}),
-    ...(typeof body?.innererror?.code === 'string' ? { inner: body.innererror.code } : {}),
+    ...(typeof (body?.innerError ?? body?.innererror)?.code === 'string'
+      ? { inner: (body?.innerError ?? body?.innererror)!.code! }
+      : {}),
     text: scrub(String(body?.message ?? r.message ?? '')).slice(0, 300),
     name: typeof r.name === 'string' ? r.name : 'Error',
   };
@@ -113,14 +124,15 @@ export function mapAzureError(
       opts,
     );
   }
-  if (p.status === 404 || /KeyNotFound|not found/i.test(text)) {
-    return new KekNotFoundError(`${fail}: no such key or key version`, opts);
-  }
-  if (p.status === 403) {
+  // Before the not-found test: a refused role assignment reads "Assignment: (not found)".
+  if (p.status === 403 && !/KeyOperationForbidden|not permitted/i.test(text)) {
     return new KeyAccessDeniedError(
       `${fail}: ${credentialText} may not ${op} with this key (role assignment or access policy)`,
       opts,
     );
+  }
+  if (p.status === 404 || /KeyNotFound|not found/i.test(text)) {
+    return new KekNotFoundError(`${fail}: no such key or key version`, opts);
   }
   if (op !== 'getKey' && /not permitted|operation.*not allowed|key_ops|unsupported|algorithm/i.test(text)) {
     return new KeyUsageError(`${fail}: the key cannot ${op} with this algorithm`, opts);

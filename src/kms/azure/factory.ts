@@ -3,6 +3,12 @@ import type { KekConfig, KekFactory } from '../kek.ts';
 import { AzureKeyVaultKek } from './key-vault-kek.ts';
 import { type AzureCredential, azureConfigError } from './options.ts';
 
+/** The credential field stored in the config's secret part, per credential type. */
+const SECRET_FIELD: Readonly<Record<string, string>> = {
+  'client-secret': 'clientSecret',
+  'client-certificate': 'certificatePem',
+};
+
 export const azureKekFactory: KekFactory = (config: KekConfig): AzureKeyVaultKek => {
   if (config?.kind !== 'azure-key-vault') {
     throw azureConfigError(
@@ -20,44 +26,13 @@ export const azureKekFactory: KekFactory = (config: KekConfig): AzureKeyVaultKek
     }
     return s[field] as string;
   };
-  let credential: AzureCredential;
-  switch (c.type) {
-    case 'client-secret':
-      credential = {
-        type: 'client-secret',
-        tenantId: c.tenantId as string,
-        clientId: c.clientId as string,
-        clientSecret: secret('clientSecret'),
-      };
-      break;
-    case 'client-certificate':
-      credential = {
-        type: 'client-certificate',
-        tenantId: c.tenantId as string,
-        clientId: c.clientId as string,
-        certificatePem: secret('certificatePem'),
-      };
-      break;
-    case 'workload-identity':
-      credential = {
-        type: 'workload-identity',
-        tenantId: c.tenantId as string,
-        clientId: c.clientId as string,
-        tokenFilePath: c.tokenFilePath as string,
-      };
-      break;
-    case 'managed-identity':
-      credential =
-        c.clientId === undefined
-          ? { type: 'managed-identity' }
-          : { type: 'managed-identity', clientId: c.clientId as string };
-      break;
-    case 'default':
-      credential = { type: 'default' };
-      break;
-    default:
-      throw azureConfigError(`azureKekFactory: unknown credential type ${String(c.type)}`);
-  }
+  // The public fields come from params, the secret one (if the type has one) from the secret part;
+  // the KEK's option validation checks each field of the credential type.
+  const secretField = SECRET_FIELD[String(c.type)];
+  const credential = {
+    ...c,
+    ...(secretField === undefined ? {} : { [secretField]: secret(secretField) }),
+  } as unknown as AzureCredential;
   return new AzureKeyVaultKek({
     keyId: p.keyId as string,
     credential,

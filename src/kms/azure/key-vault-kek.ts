@@ -4,6 +4,7 @@
  * payload is the data key followed by SHA-256 of the tenant / DEK binding, checked on unwrap: a
  * wrapped key copied to another tenant or DEK record does not unwrap. The key version that wrapped
  * (`kid` of the answer) is recorded and used for unwrap, so a rotation never strands data.
+ * Steady state: one HTTP call per wrap and per unwrap (no key read before either).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { inspect } from 'node:util';
@@ -65,27 +66,30 @@ export class AzureKeyVaultKek implements Kek {
     checkContext(context, 'azureKeyVault.wrap');
     const payload = Buffer.concat([dek, bindingDigest(context)]);
     try {
-      // A client for the versionless id fetches the current version once and then wraps with it
-      // (locally for RSA): a fresh client per wrap follows a rotation at once. Wraps are rare
-      // (enable, rotate, a new data key version); unwraps reuse clients per recorded version.
-      const r = await this.#call('wrapKey', context.tenantId, () =>
-        new CryptographyClient(this.keyRef, this.#cred(), this.#clientOptions()).wrapKey(
-          this.#o.algorithm,
-          payload,
-        ),
-      );
+      // One remote-only client for the versionless key: the service wraps with the key's current
+      // version and names it in the answer's `kid` (read from the raw answer: the SDK reports the
+      // id it was built with). A rotation is followed at once; each wrap is one HTTP call.
+      let kid: unknown;
+      const r = await this.#call('wrapKey', context.tenantId, () => {
+        kid = undefined;
+        return this.#cryptoFor(this.keyRef).wrapKey(this.#o.algorithm, payload, {
+          onResponse: (raw) => {
+            kid = (raw.parsedBody as { kid?: unknown } | undefined)?.kid;
+          },
+        });
+      });
       if (!(r.result instanceof Uint8Array) || r.result.length === 0 || r.result.length > MAX_WRAPPED_BYTES) {
         throw new KmsIntegrityError(`Azure Key Vault wrapKey with ${this.keyRef} returned no wrapped key`, {
           tenantId: context.tenantId,
         });
       }
-      if (typeof r.keyID !== 'string' || !this.canName(r.keyID)) {
+      if (typeof kid !== 'string' || !this.canName(kid)) {
         throw new KmsIntegrityError(
           `Azure Key Vault wrapKey with ${this.keyRef} answered a key id that is not a version of this key`,
           { tenantId: context.tenantId },
         );
       }
-      return { wrapped: Uint8Array.from(r.result), wrappedBy: r.keyID };
+      return { wrapped: Uint8Array.from(r.result), wrappedBy: kid };
     } finally {
       payload.fill(0);
     }
@@ -246,10 +250,23 @@ export class AzureKeyVaultKek implements Kek {
     return this.#keys;
   }
 
+  /**
+   * A remote-only client for the key (versionless: the current version) or one version of it.
+   * Built from a key description rather than an id, so the SDK neither reads the key first (one
+   * GET per client) nor wraps locally with a version it read earlier; Key Vault checks the key's
+   * state and permitted operations on each call.
+   */
   #cryptoFor(id: string): CryptographyClient {
     let c = this.#crypto.get(id);
     if (c === undefined) {
-      c = new CryptographyClient(id, this.#cred(), this.#clientOptions());
+      const version = id === this.keyRef ? undefined : id.slice(this.keyRef.length + 1);
+      const name = this.#o.keyName;
+      const key: KeyVaultKey = {
+        id,
+        name,
+        properties: { id, name, vaultUrl: this.#o.vaultUrl, ...(version === undefined ? {} : { version }) },
+      };
+      c = new CryptographyClient(key, this.#cred(), this.#clientOptions());
       if (this.#crypto.size > 64) this.#crypto.clear();
       this.#crypto.set(id, c);
     }

@@ -1,4 +1,5 @@
 /** Options of the Azure Key Vault / Managed HSM KEK and their validation. */
+import { createPrivateKey } from 'node:crypto';
 import { ByokConfigError } from '../../errors.ts';
 import { isLoopbackHost } from '../loopback.ts';
 
@@ -10,7 +11,11 @@ export interface AzureClientSecretCredential {
   readonly clientSecret: string;
 }
 
-/** A service principal with a certificate (PEM: certificate and private key). */
+/**
+ * A service principal with a certificate (PEM: certificate and its unencrypted private key). The
+ * key must be RSA: `@azure/identity` (through MSAL) signs the client assertion with RS256 / PS256
+ * only, so an EC (e.g. P-256) certificate cannot log in; it is refused when the KEK is created.
+ */
 export interface AzureClientCertificateCredential {
   readonly type: 'client-certificate';
   readonly tenantId: string;
@@ -139,6 +144,23 @@ function str(v: unknown, name: string, re?: RegExp): string {
   return v;
 }
 
+/** Refuses a certificate credential whose private key is not RSA, or cannot be read. */
+function rsaCertificateKey(pem: string): void {
+  let type: string | undefined;
+  try {
+    type = createPrivateKey(pem).asymmetricKeyType;
+  } catch {
+    throw azureConfigError(
+      'credential.certificatePem: the private key cannot be read (an unencrypted PEM private key is needed)',
+    );
+  }
+  if (type !== 'rsa') {
+    throw azureConfigError(
+      `credential.certificatePem: the private key is ${type ?? 'of an unknown type'}; an RSA key is needed (Microsoft Entra client assertions are signed with RS256 / PS256)`,
+    );
+  }
+}
+
 export function validateAzureCredential(c: unknown): AzureCredential {
   const a = c as Partial<Record<string, unknown>> | null | undefined;
   if (a === null || typeof a !== 'object') {
@@ -167,6 +189,7 @@ export function validateAzureCredential(c: unknown): AzureCredential {
           'credential.certificatePem must hold the certificate and its private key (PEM)',
         );
       }
+      rsaCertificateKey(a.certificatePem);
       return {
         type: 'client-certificate',
         tenantId: str(a.tenantId, 'credential.tenantId', TENANT_RE),

@@ -25,8 +25,31 @@ export class VaultIntegrityFailure extends Error {
   override name = 'VaultIntegrityFailure';
 }
 
-/** Retried: throttling, a performance standby not caught up, 5xx (sealed, standby), no answer. */
+/** Node's codes for a TLS certificate the client does not trust (or that names another host). */
+const TLS_TRUST = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** Whether the connection failed because Vault's certificate is not trusted: no retry helps. */
+export function isTlsTrustFailure(e: unknown): boolean {
+  return e instanceof VaultNetworkError && e.code !== undefined && TLS_TRUST.has(e.code);
+}
+
+/**
+ * Retried: throttling, a performance standby not caught up, 5xx (sealed, standby), no answer.
+ * Not an untrusted certificate.
+ */
 export function vaultRetryable(e: unknown): boolean {
+  if (isTlsTrustFailure(e)) return false;
   if (e instanceof VaultNetworkError) return true;
   if (e instanceof VaultHttpError) return e.status === 429 || e.status === 412 || e.status >= 500;
   return false;
@@ -67,6 +90,12 @@ export function mapVaultError(
   }
   if (e instanceof VaultCredentialFailure) {
     return new KmsCredentialsError(`${where}: could not obtain a Vault token: ${scrub(e.message)}`, opts);
+  }
+  if (isTlsTrustFailure(e)) {
+    return new KmsUnavailableError(
+      `${where} failed: Vault's TLS certificate is not trusted (${(e as VaultNetworkError).code}): pass the CA that issued it as caCertificate (and tlsServerName when the certificate names another host)`,
+      opts,
+    );
   }
   if (e instanceof VaultNetworkError) {
     return new KmsUnavailableError(

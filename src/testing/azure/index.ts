@@ -5,4 +5,4 @@
  * tests. Node built-ins only. Loopback only.
  */
 export * from './server.ts';
-export { selfSignedCertificate, type SelfSignedCertificate } from './tls.ts';
+export { selfSignedCertificate, type SelfSignedCertificate } from '../tls.ts';

@@ -1,6 +1,8 @@
 /**
- * `startAzureKeyVaultServer()`: a local Azure Key Vault (keys REST API: create, get, update
- * enabled / expiry, rotate, wrapkey, unwrapkey; challenge authentication) and the Microsoft Entra
+ * `startAzureKeyVaultServer()`: a local Azure Key Vault (keys REST API, api-version 7.x: create,
+ * get, update enabled / expiry / operations, rotate, wrapkey, unwrapkey; challenge authentication;
+ * each call authorised by the caller's token against the roles or permissions granted to that
+ * principal on the key or the vault) and the Microsoft Entra
  * endpoints the `@azure/identity` credentials call (OpenID configuration, the v2.0 token endpoint
  * for client secrets, certificates and federated tokens, and an App Service managed identity
  * endpoint), over HTTPS with a self-signed certificate on 127.0.0.1, so `@azure/keyvault-keys`,
@@ -19,8 +21,19 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type AzureKeyRecord, keyBundle, newKeyVersion, unwrapWith, wrapWith } from './keys.ts';
-import { selfSignedCertificate } from './tls.ts';
+import {
+  type AzureKeyRecord,
+  type AzureKeyVersion,
+  applyUpdate,
+  BadKeyRequest,
+  keyBundle,
+  keySizeOf,
+  newKeyVersion,
+  unwrapWith,
+  versionFromCreate,
+  wrapWith,
+} from './keys.ts';
+import { selfSignedCertificate } from '../tls.ts';
 
 export type AzureServerOperation =
   | 'token'
@@ -65,7 +78,23 @@ export interface AzureCounters {
   reset(): void;
 }
 
-export type AzureKeyPermission = 'get' | 'wrapKey' | 'unwrapKey';
+/**
+ * What a principal may do with a key: the key permissions of an access policy, or the data actions
+ * of an Azure RBAC role (`get` = `keys/read`, `create` = `keys/create/action`, `update` =
+ * `keys/update/action`, `rotate` = `keys/rotate/action`, `wrapKey` = `keys/wrap/action`,
+ * `unwrapKey` = `keys/unwrap/action`).
+ */
+export type AzureKeyPermission = 'get' | 'create' | 'update' | 'rotate' | 'wrapKey' | 'unwrapKey';
+
+/** Built-in Key Vault roles, as the permissions of {@link AzureKeyPermission} they include. */
+export const AZURE_KEY_VAULT_ROLES = {
+  /** What the platform is granted on a tenant's key: read it, wrap and unwrap. */
+  'Key Vault Crypto Service Encryption User': ['get', 'wrapKey', 'unwrapKey'],
+  /** What a tenant's key administrator holds: every key operation. */
+  'Key Vault Crypto Officer': ['get', 'create', 'update', 'rotate', 'wrapKey', 'unwrapKey'],
+} as const satisfies Record<string, readonly AzureKeyPermission[]>;
+
+export type AzureKeyVaultRole = keyof typeof AZURE_KEY_VAULT_ROLES;
 
 export interface AzureAppRegistration {
   readonly tenantId: string;
@@ -121,8 +150,16 @@ export interface AzureKeyVaultServer {
   /** Enables or disables a key version (default the current one). */
   setEnabled(name: string, enabled: boolean, version?: string): void;
   setExpiry(name: string, expiresOn: Date | undefined, version?: string): void;
-  /** A role assignment on one key (or `*` for the vault): what `Key Vault Crypto User` grants. */
-  grant(name: string, clientId: string, permissions?: readonly AzureKeyPermission[]): void;
+  /**
+   * A role assignment (or access policy) on one key, or `*` for the whole vault: a built-in role by
+   * name or a list of permissions; default `Key Vault Crypto Service Encryption User`. Replaces the
+   * principal's earlier grant at that scope. Create needs `create` on the vault or on the name.
+   */
+  grant(
+    name: string,
+    clientId: string,
+    permissions?: readonly AzureKeyPermission[] | AzureKeyVaultRole,
+  ): void;
   revoke(name: string, clientId: string): void;
   deleteKey(name: string): void;
   close(): Promise<void>;
@@ -299,18 +336,13 @@ export async function startAzureKeyVaultServer(
       string | undefined,
       string | undefined,
     ];
-    rec.operation =
-      action === 'wrapkey'
-        ? 'wrapKey'
-        : action === 'unwrapkey'
-          ? 'unwrapKey'
-          : action === 'create'
-            ? 'createKey'
-            : action === 'rotate'
-              ? 'rotateKey'
-              : req.method === 'PATCH'
-                ? 'updateKey'
-                : 'getKey';
+    const operation = keyOperation(req.method ?? 'GET', version, action);
+    if (operation === undefined) {
+      return finish(405, {
+        error: { code: 'MethodNotAllowed', message: `${req.method} is not allowed on ${path}` },
+      });
+    }
+    rec.operation = operation;
     Object.assign(rec, { key: name });
     const api = url.searchParams.get('api-version');
     if (api === null || !API_VERSIONS.test(api)) {
@@ -336,50 +368,67 @@ export async function startAzureKeyVaultServer(
       ...(grants.get(name)?.get(token.clientId) ?? []),
       ...(grants.get('*')?.get(token.clientId) ?? []),
     ]);
-    const need: AzureKeyPermission =
-      action === 'wrapkey' ? 'wrapKey' : action === 'unwrapkey' ? 'unwrapKey' : 'get';
-    if (action === 'create' || action === 'rotate' || req.method === 'PATCH') {
-      return finish(403, {
-        error: { code: 'Forbidden', message: 'key management is done through the server handle in tests' },
-      });
-    }
-    if (!keys.has(name) && perms.size > 0) {
-      return finish(404, {
+    const need = PERMISSION_OF[operation as KeyVaultOperation];
+    const notFound = (what: string) =>
+      finish(404, {
         error: {
           code: 'KeyNotFound',
-          message: `A key with (name/id) ${name} was not found in this key vault.`,
+          message: `A key with (name/id) ${what} was not found in this key vault.`,
         },
       });
-    }
+    if (!keys.has(name) && perms.size > 0 && operation !== 'createKey') return notFound(name);
     if (!perms.has(need)) {
       return finish(403, {
         error: {
           code: 'Forbidden',
-          message: `Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/keys/${need}/action'`,
+          message: `Caller is not authorized to perform action on resource.\r\nCaller: appid=${token.clientId}\r\nAction: '${RBAC_ACTION[need]}'\r\nResource: '/keys/${name}'\r\nAssignment: (not found)`,
           innererror: { code: 'ForbiddenByRbac' },
         },
       });
     }
+    let body: Record<string, unknown> = {};
+    if (req.method !== 'GET' && raw.trim() !== '') {
+      try {
+        const parsed = JSON.parse(raw);
+        if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+          throw new Error('not an object');
+        body = parsed;
+      } catch {
+        return finish(400, { error: { code: 'BadParameter', message: 'Invalid request body' } });
+      }
+    }
+    if (operation === 'createKey') {
+      let v: AzureKeyVersion;
+      try {
+        v = versionFromCreate(body);
+      } catch (e) {
+        if (!(e instanceof BadKeyRequest)) throw e;
+        return finish(400, { error: { code: 'BadParameter', message: e.message } });
+      }
+      const existing = keys.get(name);
+      const k: AzureKeyRecord = existing ?? { name, kty: v.kty, current: v.version, versions: new Map() };
+      k.versions.set(v.version, v);
+      k.current = v.version;
+      k.kty = v.kty;
+      keys.set(name, k);
+      return finish(200, keyBundle(base, k, v));
+    }
     const key = keys.get(name);
-    if (key === undefined) {
-      return finish(404, {
-        error: {
-          code: 'KeyNotFound',
-          message: `A key with (name/id) ${name} was not found in this key vault.`,
-        },
-      });
-    }
+    if (key === undefined) return notFound(name);
+    if (operation === 'rotateKey') return finish(200, keyBundle(base, key, rotate(key)));
     const v = key.versions.get(version ?? key.current);
-    if (v === undefined) {
-      return finish(404, {
-        error: {
-          code: 'KeyNotFound',
-          message: `A key with (name/id) ${name}/${version} was not found in this key vault.`,
-        },
-      });
+    if (v === undefined) return notFound(`${name}/${version}`);
+    if (operation === 'getKey') return finish(200, keyBundle(base, key, v));
+    if (operation === 'updateKey') {
+      try {
+        applyUpdate(v, body);
+      } catch (e) {
+        if (!(e instanceof BadKeyRequest)) throw e;
+        return finish(400, { error: { code: 'BadParameter', message: e.message } });
+      }
+      return finish(200, keyBundle(base, key, v));
     }
-    if (action === undefined) return finish(200, keyBundle(base, key, v));
-    const op = action === 'wrapkey' ? 'wrapKey' : 'unwrapKey';
+    const op = operation as 'wrapKey' | 'unwrapKey';
     const now = Date.now();
     if (!v.enabled) {
       return finish(403, {
@@ -399,6 +448,15 @@ export async function startAzureKeyVaultServer(
         },
       });
     }
+    if (v.notBefore !== undefined && v.notBefore.getTime() > now) {
+      return finish(403, {
+        error: {
+          code: 'Forbidden',
+          message: `Operation ${op} is not allowed on a key that is not yet valid.`,
+          innererror: { code: 'KeyNotYetValid' },
+        },
+      });
+    }
     if (!v.keyOps.includes(op)) {
       return finish(403, {
         error: {
@@ -407,12 +465,6 @@ export async function startAzureKeyVaultServer(
           innererror: { code: 'KeyOperationForbidden' },
         },
       });
-    }
-    let body: { alg?: unknown; value?: unknown };
-    try {
-      body = JSON.parse(raw);
-    } catch {
-      return finish(400, { error: { code: 'BadParameter', message: 'Invalid request body' } });
     }
     try {
       const out = op === 'wrapKey' ? wrapWith(v, body.alg, body.value) : unwrapWith(v, body.alg, body.value);
@@ -516,12 +568,7 @@ export async function startAzureKeyVaultServer(
       return [...keyOf(name).versions.keys()];
     },
     rotateKey(name) {
-      const k = keyOf(name);
-      const prev = k.versions.get(k.current)!;
-      const v = newKeyVersion(k.kty, prev.keyOps);
-      k.versions.set(v.version, v);
-      k.current = v.version;
-      return `${base}/keys/${name}/${v.version}`;
+      return `${base}/keys/${name}/${rotate(keyOf(name)).version}`;
     },
     setEnabled(name, enabled, version) {
       const k = keyOf(name);
@@ -531,9 +578,12 @@ export async function startAzureKeyVaultServer(
       const k = keyOf(name);
       k.versions.get(version ?? k.current)!.expiresOn = expiresOn;
     },
-    grant(name, clientId, permissions = ['get', 'wrapKey', 'unwrapKey']) {
+    grant(name, clientId, permissions = 'Key Vault Crypto Service Encryption User') {
       const g = grants.get(name) ?? new Map();
-      g.set(clientId, new Set(permissions));
+      const list: readonly AzureKeyPermission[] =
+        typeof permissions === 'string' ? AZURE_KEY_VAULT_ROLES[permissions] : permissions;
+      if (list === undefined) throw new Error(`no role ${String(permissions)}`);
+      g.set(clientId, new Set(list));
       grants.set(name, g);
     },
     revoke(name, clientId) {
@@ -596,6 +646,49 @@ export async function startAzureKeyVaultServer(
       );
     });
   }
+}
+
+type KeyVaultOperation = 'getKey' | 'createKey' | 'updateKey' | 'rotateKey' | 'wrapKey' | 'unwrapKey';
+
+const PERMISSION_OF: Record<KeyVaultOperation, AzureKeyPermission> = {
+  getKey: 'get',
+  createKey: 'create',
+  updateKey: 'update',
+  rotateKey: 'rotate',
+  wrapKey: 'wrapKey',
+  unwrapKey: 'unwrapKey',
+};
+
+const RBAC_ACTION: Record<AzureKeyPermission, string> = {
+  get: 'Microsoft.KeyVault/vaults/keys/read',
+  create: 'Microsoft.KeyVault/vaults/keys/create/action',
+  update: 'Microsoft.KeyVault/vaults/keys/update/action',
+  rotate: 'Microsoft.KeyVault/vaults/keys/rotate/action',
+  wrapKey: 'Microsoft.KeyVault/vaults/keys/wrap/action',
+  unwrapKey: 'Microsoft.KeyVault/vaults/keys/unwrap/action',
+};
+
+/** The operation of a keys request (method and path), or undefined when the method does not fit. */
+function keyOperation(
+  method: string,
+  version: string | undefined,
+  action: string | undefined,
+): KeyVaultOperation | undefined {
+  if (action === 'wrapkey') return method === 'POST' ? 'wrapKey' : undefined;
+  if (action === 'unwrapkey') return method === 'POST' ? 'unwrapKey' : undefined;
+  if (action === 'create') return method === 'POST' && version === undefined ? 'createKey' : undefined;
+  if (action === 'rotate') return method === 'POST' && version === undefined ? 'rotateKey' : undefined;
+  if (method === 'PATCH') return 'updateKey';
+  return method === 'GET' ? 'getKey' : undefined;
+}
+
+/** A new current version of the key, of the current version's type, size and permitted operations. */
+function rotate(k: AzureKeyRecord): AzureKeyVersion {
+  const prev = k.versions.get(k.current)!;
+  const v = newKeyVersion(k.kty, prev.keyOps, undefined, undefined, keySizeOf(prev));
+  k.versions.set(v.version, v);
+  k.current = v.version;
+  return v;
 }
 
 function json(

@@ -1,7 +1,7 @@
 /** In-process administration of one namespace of the local Vault server (no HTTP, no policy check). */
 import { randomUUID } from 'node:crypto';
 import type { VaultNamespaceState } from './identity.ts';
-import type { ServerState } from './server.ts';
+import type { ServerState } from './answers.ts';
 import {
   type CreateTransitKeyOptions,
   newTransitKey,

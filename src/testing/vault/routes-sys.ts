@@ -9,7 +9,7 @@ import {
   type RouteInfo,
   type ServerState,
   type VaultRequest,
-} from './server.ts';
+} from './answers.ts';
 
 /** Seconds of a Vault duration (`3600`, `"90s"`, `"30m"`, `"1h"`). */
 export function seconds(v: unknown, fallback: number): number {
@@ -182,13 +182,23 @@ export function routeAuth(state: ServerState, r: VaultRequest): RouteInfo | unde
     };
   }
   if (p === 'auth/token/revoke-self') {
-    return { operation: 'token', capability: 'update', run: () => (tokens.revoke(r.token!.id), noContent()) };
+    return {
+      operation: 'token',
+      capability: 'update',
+      run: () => {
+        tokens.revoke(r.token!.id);
+        return noContent();
+      },
+    };
   }
   if (p === 'auth/token/revoke') {
     return {
       operation: 'token',
       capability: 'update',
-      run: () => (typeof r.body.token === 'string' && tokens.revoke(r.body.token), noContent()),
+      run: () => {
+        if (typeof r.body.token === 'string') tokens.revoke(r.body.token);
+        return noContent();
+      },
     };
   }
   const m = /^auth\/(.+?)\/(login|role\/([A-Za-z0-9_.-]+)(?:\/(role-id|secret-id))?)$/.exec(p);

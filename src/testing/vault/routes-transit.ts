@@ -1,5 +1,5 @@
 /** The transit secrets engine's HTTP routes (`<mount>/keys/...`, `encrypt`, `decrypt`, `rewrap`). */
-import { answer, failure, noContent, type RouteInfo, type VaultRequest } from './server.ts';
+import { answer, failure, noContent, type RouteInfo, type VaultRequest } from './answers.ts';
 import {
   newTransitKey,
   rotateTransitKey,

@@ -6,95 +6,49 @@
  * AppRole, Kubernetes and JWT logins, and the transit engine (keys: create, read, delete, rotate,
  * config; encrypt, decrypt, rewrap), with ACL policies checked on every path.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { VaultAdmin } from './admin.ts';
 import {
-  CallLog,
-  FaultBox,
-  type VaultCallRecord,
-  type VaultCounters,
-  type VaultFaults,
-  type VaultServerOperation,
-} from './faults.ts';
+  denied,
+  failure,
+  type RouteInfo,
+  type ServerState,
+  VaultHttpAnswer,
+  type VaultRequest,
+} from './answers.ts';
+import { CallLog, FaultBox, type VaultCallRecord, type VaultCounters, type VaultFaults } from './faults.ts';
 import {
   type AppRoleRecord,
-  authAnswer,
   JwtIssuer,
   VaultNamespaceState,
   type VaultTokenRecord,
   VaultTokens,
 } from './identity.ts';
 import { capabilitiesOn, DEFAULT_POLICY, parsePolicy, type VaultCapability } from './policy.ts';
-import { routeTransit } from './routes-transit.ts';
 import { routeAuth, routeSys } from './routes-sys.ts';
+import { routeTransit } from './routes-transit.ts';
 import type { CreateTransitKeyOptions } from './transit.ts';
-import { VaultAdmin } from './admin.ts';
+import { selfSignedCertificate } from '../tls.ts';
 
 export interface VaultServerOptions {
   /** TCP port on 127.0.0.1; default 0 (a random free port). */
   port?: number;
-}
-
-/** A request as the route handlers see it. */
-export interface VaultRequest {
-  readonly method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'LIST';
-  /** Path after `/v1/`, without the namespace. */
-  readonly path: string;
-  readonly body: Record<string, unknown>;
-  readonly ns: VaultNamespaceState;
-  readonly token: VaultTokenRecord | undefined;
-}
-
-export class VaultHttpAnswer {
-  readonly status: number;
-  readonly body: Record<string, unknown> | undefined;
-  constructor(status: number, body: Record<string, unknown> | undefined) {
-    this.status = status;
-    this.body = body;
-  }
-}
-
-export const answer = (data: Record<string, unknown> | null, extra: Record<string, unknown> = {}) =>
-  new VaultHttpAnswer(200, {
-    request_id: crypto.randomUUID(),
-    lease_id: '',
-    renewable: false,
-    lease_duration: 0,
-    data,
-    wrap_info: null,
-    warnings: null,
-    auth: null,
-    ...extra,
-  });
-export const noContent = () => new VaultHttpAnswer(204, undefined);
-export const failure = (status: number, ...errors: string[]) => new VaultHttpAnswer(status, { errors });
-export const denied = () => failure(403, 'permission denied');
-
-/** What a route needs to know before it runs: for counters, faults and the ACL check. */
-export interface RouteInfo {
-  readonly operation: VaultServerOperation;
-  readonly key?: string;
-  /** Capability the ACL must grant on the path; undefined for unauthenticated paths. */
-  readonly capability?: VaultCapability;
-  /** Whether the path needs no token (logins, health). */
-  readonly open?: boolean;
-  readonly run: () => VaultHttpAnswer;
-}
-
-export interface ServerState {
-  readonly namespaces: Map<string, VaultNamespaceState>;
-  readonly tokens: VaultTokens;
-  readonly kubernetes: JwtIssuer;
-  readonly oidc: JwtIssuer;
-  readonly rootToken: string;
-  sealed: boolean;
+  /**
+   * HTTPS with a self-signed certificate for 127.0.0.1 and localhost (made with the `openssl`
+   * command), trusted by clients through `caCertificate`; default false (plain HTTP).
+   */
+  tls?: boolean;
 }
 
 /** A running server. Admin methods act on the root namespace; `namespace(path)` on another. */
 export interface VaultServer extends VaultAdmin {
-  /** `http://127.0.0.1:<port>`: the `address` option of `vaultTransit`. */
+  /** `http://127.0.0.1:<port>` (`https:` with `tls`): the `address` option of `vaultTransit`. */
   readonly address: string;
   readonly port: number;
+  /** With `tls`: PEM of the server's self-signed certificate, the KEK's `caCertificate`. */
+  readonly caCertificate: string | undefined;
   /** A root token of the root namespace (policy `root`, no expiry). */
   readonly rootToken: string;
   readonly faults: VaultFaults;
@@ -123,14 +77,19 @@ export async function startVaultServer(options: VaultServerOptions = {}): Promis
   };
   const faults = new FaultBox();
   const counters = new CallLog();
-  const sockets = new Set<import('node:net').Socket>();
+  const sockets = new Set<Socket>();
 
-  const server = createServer((req, res) => {
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch(() => {
       if (!res.headersSent) send(res, failure(500, 'internal error'));
     });
-  });
-  server.on('connection', (s) => {
+  };
+  const cert = options.tls === true ? selfSignedCertificate() : undefined;
+  const server =
+    cert === undefined
+      ? createHttpServer(listener)
+      : createHttpsServer({ cert: cert.certPem, key: cert.keyPem }, listener);
+  server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
@@ -267,8 +226,9 @@ export async function startVaultServer(options: VaultServerOptions = {}): Promis
   const port = (server.address() as AddressInfo).port;
   const root = new VaultAdmin(state, state.namespaces.get('')!);
   const handle_ = Object.assign(root, {
-    address: `http://127.0.0.1:${port}`,
+    address: `${cert === undefined ? 'http' : 'https'}://127.0.0.1:${port}`,
     port,
+    caCertificate: cert?.certPem,
     rootToken: state.rootToken,
     faults,
     counters,

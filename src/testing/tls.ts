@@ -1,6 +1,7 @@
 /**
- * A self-signed TLS certificate for 127.0.0.1, made at server start with the `openssl` command
- * (Key Vault clients refuse bearer tokens over plain HTTP). Clients trust it through the KEK's
+ * A self-signed TLS certificate for 127.0.0.1 and localhost, made at server start with the
+ * `openssl` command, for the local servers that speak HTTPS (Key Vault always: its clients refuse
+ * bearer tokens over plain HTTP; Vault on request). Clients trust it through the KEK's
  * `caCertificate` option, never through `NODE_TLS_REJECT_UNAUTHORIZED`.
  */
 import { execFileSync } from 'node:child_process';
@@ -14,7 +15,7 @@ export interface SelfSignedCertificate {
 }
 
 export function selfSignedCertificate(commonName = '127.0.0.1'): SelfSignedCertificate {
-  const dir = mkdtempSync(join(tmpdir(), 'byok-azure-tls-'));
+  const dir = mkdtempSync(join(tmpdir(), 'byok-tls-'));
   try {
     const key = join(dir, 'key.pem');
     const cert = join(dir, 'cert.pem');
@@ -44,7 +45,7 @@ export function selfSignedCertificate(commonName = '127.0.0.1'): SelfSignedCerti
       );
     } catch (e) {
       throw new Error(
-        `startAzureKeyVaultServer: could not make a TLS certificate with the openssl command (${(e as Error).message}); install openssl`,
+        `could not make a TLS certificate for a local test server with the openssl command (${(e as Error).message}); install openssl`,
       );
     }
     return { certPem: readFileSync(cert, 'utf8'), keyPem: readFileSync(key, 'utf8') };
