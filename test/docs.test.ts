@@ -3,7 +3,8 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
-import { type DocBlock, docBlocks } from './helpers/doc-blocks.ts';
+import { type DocBlock, docBlocks, forDrizzle } from './helpers/doc-blocks.ts';
+import { DRIZZLE_1 } from './helpers/drizzle-version.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -33,7 +34,10 @@ interface Written {
  * own sources (strict tsconfig). Returns one line per error: `README.md:123 (ts block 4, "Quickstart"): TS2304 ...`.
  */
 function checkDoc(docPath: string, docName: string, dir: string): { errors: string[]; checked: number } {
-  const { blocks, prelude } = docBlocks(docPath, docName);
+  const major = DRIZZLE_1 ? '1.0' : '0.45';
+  const { blocks: all, prelude: common, preludes } = docBlocks(docPath, docName);
+  const blocks = forDrizzle(all, major);
+  const prelude = preludes[major] ?? common;
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   const written = new Map<string, Written>();

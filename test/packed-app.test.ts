@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DATABASE_URL, uniqueName } from './helpers/db.ts';
-import { type DocBlock, docBlocks } from './helpers/doc-blocks.ts';
+import { type DocBlock, docBlocks, forDrizzle } from './helpers/doc-blocks.ts';
 
 /**
  * The README as a newcomer follows it, against the package as it is published: `npm pack`, a fresh
@@ -64,8 +64,13 @@ async function freshDatabase(): Promise<{ url: string; drop(): Promise<void> }> 
   };
 }
 
+/** The Drizzle ORM 1.0 release candidate the second app installs (the CI's 1.0 leg uses the same). */
+const DRIZZLE1_ORM = process.env.BYOK_DRIZZLE1_ORM ?? '1.0.0-rc.5';
+
 describe('the packed package in a fresh app, as the README says', () => {
   let app: string;
+  /** The same app on Drizzle ORM 1.0 (drizzle-orm at DRIZZLE1_ORM, the rest as in `app`). */
+  let app1: string;
   const drops: (() => Promise<void>)[] = [];
 
   beforeAll(() => {
@@ -88,10 +93,21 @@ describe('the packed package in a fresh app, as the README says', () => {
       const r = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', ...pkgs.map(pin)], app);
       expect(r.status, `npm install ${pkgs.join(' ')}\n${r.stderr}`).toBe(0);
     }
-  }, 300_000);
+    app1 = mkdtempSync(join(tmpdir(), 'byok-app1-'));
+    writeFileSync(
+      join(app1, 'package.json'),
+      JSON.stringify({ name: 'app1', private: true, type: 'module' }),
+    );
+    const core = lines[0]!.map((name) =>
+      name === 'drizzle-orm' ? `drizzle-orm@${DRIZZLE1_ORM}` : pin(name),
+    );
+    const r1 = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', ...core], app1);
+    expect(r1.status, `npm install ${core.join(' ')}\n${r1.stderr}`).toBe(0);
+  }, 420_000);
   afterAll(async () => {
     for (const d of drops) await d();
     if (app) rmSync(app, { recursive: true, force: true });
+    if (app1) rmSync(app1, { recursive: true, force: true });
   });
 
   const write = (dir: string, files: readonly DocBlock[]) => {
@@ -103,44 +119,87 @@ describe('the packed package in a fresh app, as the README says', () => {
 
   const expected = /```text\n([\s\S]*?)```/.exec(section('Quickstart'))![1]!;
 
-  const variants: [string, boolean][] = [['embedded PGlite (db.ts as first written)', false]];
-  if (DATABASE_URL) variants.push(['PostgreSQL through postgres.js (the server db.ts)', true]);
+  const variants: [string, '0.45' | '1.0', boolean][] = [
+    ['Drizzle ORM 0.45, embedded PGlite (db.ts as first written)', '0.45', false],
+    [`Drizzle ORM ${DRIZZLE1_ORM}, embedded PGlite (the 1.0 relations and db.ts)`, '1.0', false],
+  ];
+  if (DATABASE_URL)
+    variants.push(['Drizzle ORM 0.45, PostgreSQL through postgres.js (the server db.ts)', '0.45', true]);
 
-  it.each(variants)('the quickstart runs end to end with two tenants: %s', async (_name, server) => {
-    const files = quickFiles('Quickstart');
-    const names = [...new Set(files.map((b) => b.file!))];
-    expect(names).toEqual(expect.arrayContaining(['schema.ts', 'db.ts', 'main.ts']));
-    const dir = join(app, server ? 'quick-server' : 'quick');
-    // The first block of each file, or for the server the later db.ts (the variant).
-    const chosen = names
-      .filter((n) => n === 'schema.ts' || n === 'db.ts' || n === 'main.ts')
-      .map((n) => {
-        const all = files.filter((b) => b.file === n);
-        return server ? all.at(-1)! : all[0]!;
-      });
-    write(dir, chosen);
-    // node_modules of the app, seen from the subfolder
-    writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
-    const env: Record<string, string> = {
-      PLATFORM_KEK: execFileSync(
+  it.each(variants)(
+    'the quickstart typechecks and runs end to end with two tenants: %s',
+    async (_name, major, server) => {
+      const files = forDrizzle(quickFiles('Quickstart'), major);
+      const names = [...new Set(files.map((b) => b.file!))];
+      expect(names).toEqual(expect.arrayContaining(['schema.ts', 'relations.ts', 'db.ts', 'main.ts']));
+      const base = major === '1.0' ? app1 : app;
+      const dir = join(base, server ? 'quick-server' : 'quick');
+      // The first block of each file (for this Drizzle major), or for the server the later db.ts.
+      const chosen = names
+        .filter((n) => ['schema.ts', 'relations.ts', 'db.ts', 'main.ts'].includes(n))
+        .map((n) => {
+          const all = files.filter((b) => b.file === n);
+          return server ? all.at(-1)! : all[0]!;
+        });
+      write(dir, chosen);
+      // node_modules of the app, seen from the subfolder
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
+      // The app typechecks against the installed package's .d.ts (and Drizzle's), strict, lib check on.
+      writeFileSync(
+        join(dir, 'tsconfig.json'),
+        JSON.stringify({
+          compilerOptions: {
+            target: 'es2023',
+            module: 'nodenext',
+            moduleResolution: 'nodenext',
+            strict: true,
+            noEmit: true,
+            allowImportingTsExtensions: true,
+            skipLibCheck: false,
+            typeRoots: [join(root, 'node_modules', '@types')],
+            types: ['node'],
+          },
+          include: ['*.ts'],
+        }),
+      );
+      const tsc = sh(
         process.execPath,
-        ['-e', "console.log(require('crypto').randomBytes(32).toString('base64'))"],
-        { encoding: 'utf8' },
-      ).trim(),
-    };
-    if (server) {
-      const db = await freshDatabase();
-      drops.push(db.drop);
-      env.DATABASE_URL = db.url;
-    }
-    const r = sh(process.execPath, ['main.ts'], dir, env);
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    expect(r.stdout).toBe(expected);
-    expect(
-      readdirSync(join(app, 'node_modules', 'drizzle-byok', 'dist')).some((f) => f.endsWith('.map')),
-    ).toBe(false);
-  });
+        [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir],
+        dir,
+      );
+      // Errors in the app's files or in drizzle-byok's .d.ts fail; other packages' declaration files
+      // (Drizzle's other dialects, PGlite's Emscripten types) are not this package's to fix.
+      const ours = `${tsc.stdout}${tsc.stderr}`
+        .split('\n')
+        .filter(
+          (l) =>
+            /error TS/.test(l) && (!l.includes('node_modules/') || l.includes('node_modules/drizzle-byok/')),
+        );
+      expect(ours, 'tsc on the quickstart app').toEqual([]);
+      expect(
+        JSON.parse(readFileSync(join(base, 'node_modules', 'drizzle-orm', 'package.json'), 'utf8')).version,
+      ).toBe(major === '1.0' ? DRIZZLE1_ORM : lock['node_modules/drizzle-orm']!.version);
+      const env: Record<string, string> = {
+        PLATFORM_KEK: execFileSync(
+          process.execPath,
+          ['-e', "console.log(require('crypto').randomBytes(32).toString('base64'))"],
+          { encoding: 'utf8' },
+        ).trim(),
+      };
+      if (server) {
+        const db = await freshDatabase();
+        drops.push(db.drop);
+        env.DATABASE_URL = db.url;
+      }
+      const r = sh(process.execPath, ['main.ts'], dir, env);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe(expected);
+      expect(
+        readdirSync(join(base, 'node_modules', 'drizzle-byok', 'dist')).some((f) => f.endsWith('.map')),
+      ).toBe(false);
+    },
+  );
 
   it('with no cloud SDK installed, drizzle-byok/vault and drizzle-byok/testing/vault import and wrap through the local Vault', () => {
     const dir = join(app, 'vault-only');

@@ -11,9 +11,13 @@ import { readFileSync } from 'node:fs';
  *   place of the first, with the other files;
  * - any other block is a module of its own; the document's prelude, an HTML comment
  *   `<!-- doc-check prelude ... -->` (invisible when rendered), is put before it, to declare the
- *   names its snippets use (`declare const db: ...`);
+ *   names its snippets use (`declare const db: ...`); `<!-- doc-check prelude drizzle 1.0 ... -->`
+ *   is the prelude on that major instead (a database typed by its relations, for example);
  * - `<!-- doc-check: fragment -->` on the line before a fence: a deliberate fragment (a few
  *   properties of an object, a single column): not typechecked. Kept rare.
+ * - `<!-- doc-check: drizzle 0.45 -->` / `<!-- doc-check: drizzle 1.0 -->` on the line before a
+ *   fence: the block is for that Drizzle ORM major only (relations v1 / v2); it is checked on that
+ *   major and left out on the other (see `forDrizzle`).
  */
 export interface DocBlock {
   readonly doc: string;
@@ -27,21 +31,33 @@ export interface DocBlock {
   readonly fragment: boolean;
   /** The heading the block is under. */
   readonly section: string;
+  /** The Drizzle ORM major the block is written for, when it is for one only. */
+  readonly drizzle: '0.45' | '1.0' | undefined;
 }
 
-export function docBlocks(path: string, doc: string): { blocks: DocBlock[]; prelude: string } {
+/** The blocks a document shows users of one Drizzle major (blocks for the other major left out). */
+export function forDrizzle(blocks: readonly DocBlock[], major: '0.45' | '1.0'): DocBlock[] {
+  return blocks.filter((b) => b.drizzle === undefined || b.drizzle === major);
+}
+
+export function docBlocks(
+  path: string,
+  doc: string,
+): { blocks: DocBlock[]; prelude: string; preludes: { '0.45'?: string; '1.0'?: string } } {
   const lines = readFileSync(path, 'utf8').split('\n');
   const blocks: DocBlock[] = [];
   let prelude = '';
+  const preludes: { '0.45'?: string; '1.0'?: string } = {};
   let section = '';
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!;
     if (/^#{1,6} /.test(line)) section = line.replace(/^#+ /, '');
-    const pre = /^<!-- doc-check prelude\s*$/.exec(line);
+    const pre = /^<!-- doc-check prelude(?: drizzle (0\.45|1\.0))?\s*$/.exec(line);
     if (pre) {
       const body: string[] = [];
       for (i++; i < lines.length && !/^-->\s*$/.test(lines[i]!); i++) body.push(lines[i]!);
-      prelude = `${body.join('\n')}\n`;
+      if (pre[1] === undefined) prelude = `${body.join('\n')}\n`;
+      else preludes[pre[1] as '0.45' | '1.0'] = `${body.join('\n')}\n`;
       continue;
     }
     const open = /^(\s*)(`{3,})(ts|typescript)\s*$/.exec(line);
@@ -61,6 +77,8 @@ export function docBlocks(path: string, doc: string): { blocks: DocBlock[]; prel
       body.push(lines[i]!.slice(Math.min(indent, lines[i]!.length - lines[i]!.trimStart().length)));
     }
     const fragment = start > 0 && /^\s*<!-- doc-check: fragment -->\s*$/.test(lines[start - 1]!);
+    const drizzle =
+      start > 0 ? /^\s*<!-- doc-check: drizzle (0\.45|1\.0) -->\s*$/.exec(lines[start - 1]!)?.[1] : undefined;
     const file = /^\/\/ ([\w./-]+\.ts)\b/.exec(body[0] ?? '')?.[1];
     blocks.push({
       doc,
@@ -70,7 +88,8 @@ export function docBlocks(path: string, doc: string): { blocks: DocBlock[]; prel
       file,
       fragment,
       section,
+      drizzle: drizzle as DocBlock['drizzle'],
     });
   }
-  return { blocks, prelude };
+  return { blocks, prelude, preludes };
 }
