@@ -1,8 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import { drizzle as pgProxy } from 'drizzle-orm/pg-proxy';
 import { describe, expect, it } from 'vitest';
-import { createKeyring, localKek, UnsupportedDrizzleError, withEncryption } from '../src/index.ts';
-import { DRIVERS, openDb } from './helpers/db.ts';
+import { eq, sql } from 'drizzle-orm';
+import {
+  createKeyring,
+  EncryptedComparisonError,
+  localKek,
+  UnsupportedDrizzleError,
+  withEncryption,
+} from '../src/index.ts';
+import { DRIVERS, MAIN_DRIVER, openDb, uniqueName } from './helpers/db.ts';
+import { DRIZZLE_1 } from './helpers/drizzle-version.ts';
+import { makeSchema } from './fixtures/schema.ts';
 
 // Drizzle drivers drizzle-byok is not tested with are refused before anything reaches them: their
 // query path was never shown to pass every value through the encryption and the guard.
@@ -33,6 +42,28 @@ describe('Drizzle drivers', () => {
       await h.db.transaction(async (tx) => {
         expect(() => withEncryption(tx as never, keyring)).not.toThrow();
       });
+      await keyring.close();
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('every path from SQL to a query is guarded: sqlToQuery, and _sqlToQuery where Drizzle has it (1.0)', async () => {
+    const h = await openDb(MAIN_DRIVER);
+    try {
+      const keyring = createKeyring({ db: h.db, platformKek: localKek({ key: randomBytes(32) }) });
+      withEncryption(h.db, keyring);
+      const p = makeSchema(uniqueName('paths')).patients;
+      const dialect = (h.db as unknown as { dialect: Record<string, (s: unknown) => unknown> }).dialect;
+      const bad = [eq(p.email, 'x'), sql`${p.name} = ${'x'}`, sql`upper(${p.name}::text)`];
+      for (const s of bad) expect(() => dialect.sqlToQuery!(s)).toThrow(EncryptedComparisonError);
+      // 1.0 builds selects through _sqlToQuery on tagged-template drivers (Bun SQL): guarded the same
+      expect(typeof dialect._sqlToQuery).toBe(DRIZZLE_1 ? 'function' : 'undefined');
+      if (DRIZZLE_1)
+        for (const s of bad) expect(() => dialect._sqlToQuery!(s)).toThrow(EncryptedComparisonError);
+      // and a plain statement still builds on each path
+      expect((dialect.sqlToQuery!(sql`select ${1}`) as { sql: string }).sql).toBe('select $1');
+      if (DRIZZLE_1) expect(dialect._sqlToQuery!(sql`select ${1}`)).toMatchObject({ params: [1] });
       await keyring.close();
     } finally {
       await h.close();

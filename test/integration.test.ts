@@ -478,6 +478,17 @@ describe.each(DRIVERS)('query forms on %s', (driver) => {
         await expect(e.db.query.patients.findMany({ orderBy: { name: 'asc' } })).rejects.toBeInstanceOf(
           EncryptedComparisonError,
         );
+        // orderBy + limit (1.0 flattens them into one chunk list): refused on an encrypted column
+        // at any level, fine on a plain one
+        await expect(
+          e.db.query.patients.findMany({ orderBy: { name: 'desc' }, limit: 1 }),
+        ).rejects.toBeInstanceOf(EncryptedComparisonError);
+        await expect(
+          e.db.query.patients.findMany({
+            with: { visits: { orderBy: (v: typeof e.s.visits) => [v.reason], limit: 1 } },
+          }),
+        ).rejects.toBeInstanceOf(EncryptedComparisonError);
+        await e.db.query.patients.findMany({ orderBy: { seq: 'asc' }, limit: 1, offset: 0 });
         await expect(
           e.db.query.patients.findMany({ extras: { n: (t: typeof p) => sql`length(${t.name})` } }),
         ).rejects.toBeInstanceOf(EncryptedComparisonError);

@@ -64,7 +64,11 @@ export interface WithEncryptionOptions {
 const WRAPPED = Symbol.for('drizzle-byok:wrapped');
 
 interface MutableDb {
-  dialect: { sqlToQuery: (sql: SQL, invokeSource?: unknown) => Query; [WRAPPED]?: Keyring };
+  dialect: {
+    sqlToQuery: (sql: SQL, invokeSource?: unknown) => Query;
+    _sqlToQuery?: (sql: SQL) => Query;
+    [WRAPPED]?: Keyring;
+  };
   session: Session;
 }
 interface Query {
@@ -162,21 +166,25 @@ function instrumentDialect(
   keyring: Keyring,
   tenantColumn: string | undefined,
 ): void {
-  const original = dialect.sqlToQuery;
-  dialect.sqlToQuery = function (this: unknown, sqlObj: SQL, invokeSource?: unknown): Query {
-    const ctx: BuildContext = { keyring, rowTenants: [], cursor: 0 };
-    // The fail-closed guard (allowlist, src/drizzle/guard.ts) first, then blind index lookups.
-    guardSql(sqlObj);
-    const restore = rewriteBlindLookups(sqlObj, tenantColumn);
-    try {
-      inspectChunks(sqlObj.queryChunks, ctx, tenantColumn);
-      const query = inBuildContext(ctx, () => original.call(this, sqlObj, invokeSource));
-      if (tenantColumn !== undefined) attachTenantChecks(query, collectChecks(sqlObj));
-      return query;
-    } finally {
-      restore();
-    }
-  };
+  // Every path that turns SQL into a query string and parameters: `sqlToQuery`, and on 1.0 also
+  // `_sqlToQuery` (the tagged-template form selects use on drivers such as Bun SQL).
+  const toQuery = (original: (sql: SQL, ...rest: unknown[]) => Query) =>
+    function (this: unknown, sqlObj: SQL, ...rest: unknown[]): Query {
+      const ctx: BuildContext = { keyring, rowTenants: [], cursor: 0 };
+      // The fail-closed guard (allowlist, src/drizzle/guard.ts) first, then blind index lookups.
+      guardSql(sqlObj);
+      const restore = rewriteBlindLookups(sqlObj, tenantColumn);
+      try {
+        inspectChunks(sqlObj.queryChunks, ctx, tenantColumn);
+        const query = inBuildContext(ctx, () => original.call(this, sqlObj, ...rest));
+        if (tenantColumn !== undefined) attachTenantChecks(query, collectChecks(sqlObj));
+        return query;
+      } finally {
+        restore();
+      }
+    };
+  dialect.sqlToQuery = toQuery(dialect.sqlToQuery);
+  if (typeof dialect._sqlToQuery === 'function') dialect._sqlToQuery = toQuery(dialect._sqlToQuery);
   instrumentInsertLayout(dialect, 'inner');
   if (tenantColumn !== undefined) instrumentTenantIsolation(dialect, tenantColumn);
   instrumentBlindWrites(dialect, keyring, tenantColumn);
