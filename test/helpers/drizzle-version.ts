@@ -23,7 +23,8 @@ const V2 = Symbol.for('drizzle-byok:test-relations-v2');
 
 /** Attaches the v2 relations a fixture defines to its v1 schema object (used on 1.0 only). */
 export function withRelationsV2<T extends Record<string, unknown>>(schema: T, build: () => unknown): T {
-  if (DRIZZLE_1) Object.defineProperty(schema, V2, { value: build(), enumerable: false });
+  // Enumerable, so a spread copy of the schema keeps it (a symbol key: 0.45's drizzle() never sees it).
+  if (DRIZZLE_1) Object.defineProperty(schema, V2, { value: build(), enumerable: true });
   return schema;
 }
 
