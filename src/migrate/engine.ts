@@ -16,7 +16,7 @@ import {
 } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
-import { ident, keysIn, query, rangeSql, tableSql } from './sql.ts';
+import { ident, keysIn, query, rangeSql, tableSql, textElements } from './sql.ts';
 import {
   type ResolvedColumn,
   type ResolvedTarget,
@@ -157,6 +157,8 @@ export interface BackfillResult extends ValueCounts {
 }
 
 const DEFAULTS = { batchSize: 1000, chunkSize: 20_000, leaseMs: 30_000, busyTimeoutMs: 60_000 } as const;
+/** Rows encrypted between two turns of the event loop while a batch is prepared. */
+const PLAN_SLICE = 100;
 const TRANSIENT = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
 
 /**
@@ -812,18 +814,41 @@ class Backfill {
     if (due > elapsed) await sleep(due - elapsed, this.opts.signal);
   }
 
-  /** Loads the keys a batch needs and computes its new values (no lock, no write). */
+  /**
+   * Loads the keys a batch needs and computes its new values (no lock, no write).
+   *
+   * The rows are encrypted in slices with a turn of the event loop between them: the previous
+   * batch's statement is in flight meanwhile, and a driver that answers a round trip of its own
+   * before sending the values (postgres.js describes an unnamed statement first) only sends them
+   * when this process reads its socket. Without the turns, the database would wait for the whole
+   * batch to be encrypted before it starts writing the previous one.
+   */
   async #prepare(rows: Row[]): Promise<Prepared> {
     const keys = await this.#loadKeys(rows);
-    return { rows, keys, ...this.#planRows(rows, keys) };
+    const plan: Omit<Prepared, 'rows' | 'keys'> = { writes: new Map(), needKey: [], settled: [] };
+    for (let i = 0; i < rows.length; i += PLAN_SLICE) {
+      if (i > 0) await new Promise((r) => setImmediate(r));
+      this.#planInto(rows, i, Math.min(rows.length, i + PLAN_SLICE), keys, plan);
+    }
+    return { rows, keys, ...plan };
   }
 
   /** Classifies rows and computes their new values with the loaded keys. */
   #planRows(todo: readonly Row[], keys: BatchKeys): Omit<Prepared, 'rows' | 'keys'> {
-    const writes = new Map<string, PlannedWrite>();
-    const needKey: Row[] = [];
-    const settled: Action[][] = [];
-    for (const row of todo) {
+    const plan: Omit<Prepared, 'rows' | 'keys'> = { writes: new Map(), needKey: [], settled: [] };
+    this.#planInto(todo, 0, todo.length, keys, plan);
+    return plan;
+  }
+
+  #planInto(
+    todo: readonly Row[],
+    from: number,
+    to: number,
+    keys: BatchKeys,
+    { writes, needKey, settled }: Omit<Prepared, 'rows' | 'keys'>,
+  ): void {
+    for (let r = from; r < to; r++) {
+      const row = todo[r]!;
       const actions = this.#plan(row, keys);
       if (actions.some((a) => a.kind === 'need-key')) {
         needKey.push(row);
@@ -836,7 +861,6 @@ class Backfill {
       if (w === undefined || (w.cols.size === 0 && w.index.size === 0)) settled.push(actions);
       else writes.set(row.k, { row, writes: w.cols, index: w.index, actions });
     }
-    return { writes, needKey, settled };
   }
 
   /**
@@ -1222,21 +1246,22 @@ class Backfill {
     const idxUsed = new Set<number>();
     for (const w of writes.values()) for (const j of w.index.keys()) idxUsed.add(j);
     const idxCols = [...idxUsed].sort((a, b) => a - b);
-    // The new values travel column-wise, one JSON array of strings per column (bytea as base64),
-    // zipped back into rows by ROWS FROM: a handful of text parameters whatever the batch size, no
-    // per-row object or key names to build and parse.
+    // The new values travel column-wise, one text parameter per column (comma-separated when no
+    // value holds a comma, as ciphertext and base64 never do; else a JSON array), zipped back into
+    // rows by ROWS FROM: a handful of parameters whatever the batch size, no per-row object or key
+    // names to build and parse.
     const list = [...writes.values()];
     const n = list.length;
     const keys = new Array<string>(n);
     const xmins = new Array<string>(n);
-    const counts = new Array<number>(n);
+    const counts = new Array<string>(n);
     const colValues = cols.map(() => new Array<string | null>(n));
     const idxValues = idxCols.map(() => new Array<string | null>(n));
     for (let r = 0; r < n; r++) {
       const { row, writes: w, index } = list[r]!;
       keys[r] = row.k;
       xmins[r] = row.x;
-      counts[r] = w.size;
+      counts[r] = String(w.size);
       for (let c = 0; c < cols.length; c++) {
         const cw = w.get(cols[c]!);
         const v = cw === undefined ? undefined : (cw.source ?? cw.target);
@@ -1246,9 +1271,7 @@ class Backfill {
         idxValues[c]![r] = index.get(idxCols[c]!)?.toString('base64') ?? null;
       }
     }
-    const arrays = [keys, xmins, counts, ...colValues, ...idxValues].map(
-      (a) => sql`json_array_elements_text(${JSON.stringify(a)}::text::json)`,
-    );
+    const arrays = [keys, xmins, counts, ...colValues, ...idxValues].map(textElements);
     const names = [
       sql`k`,
       sql`x`,
@@ -1293,13 +1316,13 @@ class Backfill {
              WHERE job_id = ${this.jobId} AND seq = ${chunk.seq} AND worker = ${this.worker} AND state = 'running'
             FOR UPDATE
           ), l AS (
-            SELECT t.${key} AS k FROM ${tableSql(this.t)} AS t JOIN v ON t.${key} = v.k::${keyType} AND t.xmin = v.x::xid
+            SELECT t.ctid AS tid, v.* FROM ${tableSql(this.t)} AS t JOIN v ON t.${key} = v.k::${keyType} AND t.xmin = v.x::xid
              WHERE EXISTS (SELECT 1 FROM own)
             FOR UPDATE OF t SKIP LOCKED
           ), u AS (
             UPDATE ${tableSql(this.t)} AS t SET ${sql.join(sets, sql`, `)}
-              FROM v JOIN l ON l.k = v.k::${keyType}
-             WHERE t.${key} = l.k
+              FROM l AS v
+             WHERE t.ctid = v.tid
             RETURNING v.k AS k, v.n::int AS n
           ), c AS (${this.#checkpointSql(chunk, sql`(SELECT coalesce(sum(n), 0) FROM u)::int`, advance, all)})
           SELECT CASE WHEN ${all} THEN NULL ELSE (SELECT coalesce(json_agg(k), '[]'::json) FROM u)::text END AS updated,
