@@ -1,11 +1,11 @@
 import { createHash, type KeyObject, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type SQL, sql } from 'drizzle-orm';
-import { open } from '../crypto/aead.ts';
+import { type FieldKey, open, seal } from '../crypto/aead.ts';
 import { type BlindParams, blindValue } from '../crypto/blind-hmac.ts';
 import { type BlindIndexState, indexInput, tableBlindIndexes } from '../drizzle/blind-index.ts';
 import { type IndexKeyOwner, registryFor } from '../drizzle/blind-keys.ts';
-import { openFor, sealFor } from '../drizzle/columns.ts';
+import { openFor, storedEnvelope } from '../drizzle/columns.ts';
 import {
   ByokConfigError,
   ByokError,
@@ -362,6 +362,15 @@ class Backfill {
   #lastEmitted = -1;
   /** Rows read by this worker (the rate limit counts reads, including the batch read ahead). */
   #rowsRead = 0;
+  /**
+   * Property names of a batch row's values (`v<i>` target, `s<i>` source, `i<j>` blind index), made
+   * once: a name built at each access is a new string to hash at every lookup.
+   */
+  /** Field keys by data key entry, per column (see `#fieldKey`). */
+  readonly #fieldKeys = new WeakMap<DekEntry, (FieldKey | undefined)[]>();
+  readonly #vn: readonly string[];
+  readonly #sn: readonly string[];
+  readonly #in: readonly string[];
 
   constructor(
     db: AnyPgDatabase,
@@ -386,6 +395,9 @@ class Backfill {
       const col = this.t.columns.findIndex((c) => c.target === state.source().name);
       return col < 0 ? [] : [{ col, state, owner: state.owner(this.t.tenant) }];
     });
+    this.#vn = this.t.columns.map((_, i) => `v${i}`);
+    this.#sn = this.t.columns.map((_, i) => `s${i}`);
+    this.#in = this.indexes.map((_, j) => `i${j}`);
     this.batchSize = Math.floor(positive(opts.batchSize, DEFAULTS.batchSize, 'batchSize'));
     this.chunkSize = Math.floor(positive(opts.chunkSize, DEFAULTS.chunkSize, 'chunkSize'));
     this.leaseMs = Math.floor(positive(opts.leaseMs, DEFAULTS.leaseMs, 'leaseMs'));
@@ -955,7 +967,7 @@ class Backfill {
           envelopes.push({ tenant: row.t!, dekId: s.dekId, needIndex: this.#missingIndex(row, i) });
         if (
           this.op === 'encrypt' &&
-          (s.kind !== 'null' || (c.source !== undefined && row[`s${i}`] != null))
+          (s.kind !== 'null' || (c.source !== undefined && row[this.#sn[i]!] != null))
         ) {
           tenants.add(row.t!);
           if (this.indexes.some((ix) => ix.col === i)) indexTenants.add(row.t!);
@@ -1025,6 +1037,24 @@ class Backfill {
     });
   }
 
+  /**
+   * The field key of column `i` under a data key: kept per data key entry and column, so rows of
+   * interleaved tenants each find theirs at once.
+   */
+  #fieldKey(entry: DekEntry, i: number): FieldKey {
+    let a = this.#fieldKeys.get(entry);
+    if (a === undefined) {
+      a = new Array<FieldKey | undefined>(this.t.columns.length);
+      this.#fieldKeys.set(entry, a);
+    }
+    let fk = a[i];
+    if (fk === undefined || entry.evicted) {
+      fk = keysOf(this.keyring).fieldKey(entry, this.t.columns[i]!.state.context);
+      a[i] = fk;
+    }
+    return fk;
+  }
+
   /** The classification of `row`'s value of column `i`, memoized on the row. */
   #stored(row: Row, i: number): Stored {
     let all = row[STORED];
@@ -1034,7 +1064,7 @@ class Backfill {
     }
     let s = all[i];
     if (s === undefined) {
-      s = classify(this.t.columns[i]!.state, row[`v${i}`]);
+      s = classify(this.t.columns[i]!.state, row[this.#vn[i]!]);
       all[i] = s;
     }
     return s;
@@ -1042,7 +1072,7 @@ class Backfill {
 
   /** Whether a blind index of column `col` (of any column when omitted) has no value in `row`. */
   #missingIndex(row: Row, col?: number): boolean {
-    return this.indexes.some((ix, j) => (col === undefined || ix.col === col) && row[`i${j}`] == null);
+    return this.indexes.some((ix, j) => (col === undefined || ix.col === col) && row[this.#in[j]!] == null);
   }
 
   /** The value of index `j` for an app value of its column, or undefined without a key (dry run). */
@@ -1065,7 +1095,7 @@ class Backfill {
   #plan(row: Row, keys: BatchKeys): Action[] {
     return this.t.columns.map((c, i) => {
       const stored = this.#stored(row, i);
-      const source = c.source === undefined ? undefined : (row[`s${i}`] as string | null);
+      const source = c.source === undefined ? undefined : (row[this.#sn[i]!] as string | null);
       return this.op === 'encrypt'
         ? this.#planEncrypt(c, stored, source, row.t, keys)
         : this.#planDecrypt(c, stored, row.t, keys);
@@ -1133,7 +1163,7 @@ class Backfill {
     const index = new Map<number, Buffer>();
     const indexes = (i: number, value: () => unknown, onlyMissing: boolean) => {
       this.indexes.forEach((ix, j) => {
-        if (ix.col !== i || (onlyMissing && row[`i${j}`] != null)) return;
+        if (ix.col !== i || (onlyMissing && row[this.#in[j]!] != null)) return;
         const v = this.#indexValue(j, row.t!, value(), keys);
         if (v !== undefined) index.set(j, v);
       });
@@ -1155,7 +1185,7 @@ class Backfill {
           return;
         let plaintext: Buffer;
         try {
-          plaintext = open(keysOf(kr).fieldKey(entry, c.state.context), stored.env);
+          plaintext = open(this.#fieldKey(entry, i), stored.env);
         } catch {
           return; // left without an index value: the tenant's index is not marked built
         }
@@ -1169,7 +1199,7 @@ class Backfill {
         if (stored.kind === 'envelope') {
           try {
             const old = keys.old.get(stored.dekId)!;
-            plaintext = open(keysOf(kr).fieldKey(old, c.state.context), stored.env);
+            plaintext = open(this.#fieldKey(old, i), stored.env);
           } catch {
             actions[i] = COUNT('unreadable');
             return;
@@ -1182,8 +1212,8 @@ class Backfill {
           try {
             value =
               c.kind === 'in-place'
-                ? inPlacePlainValue(c.state, row[`v${i}`])
-                : sourceValue(c.state, row[`s${i}`] as string);
+                ? inPlacePlainValue(c.state, row[this.#vn[i]!])
+                : sourceValue(c.state, row[this.#sn[i]!] as string);
             plaintext = c.state.codec.encode(value);
           } catch {
             actions[i] = COUNT('invalid');
@@ -1192,7 +1222,7 @@ class Backfill {
           actions[i] = COUNT('written');
           indexes(i, () => value, false);
         }
-        out.set(i, { target: sealFor(kr, c.state, active, plaintext) });
+        out.set(i, { target: storedEnvelope(c.state, seal(this.#fieldKey(active, i), plaintext)) });
         return;
       }
       if (stored.kind !== 'envelope') return;
@@ -1271,7 +1301,15 @@ class Backfill {
         idxValues[c]![r] = index.get(idxCols[c]!)?.toString('base64') ?? null;
       }
     }
-    const arrays = [keys, xmins, counts, ...colValues, ...idxValues].map(textElements);
+    // Ciphertext (`byok1:` + base64 or base64 of bytes), blind index values, xmins and counts are
+    // never empty and never hold a comma; keys and what a rollback writes (plaintext) are checked.
+    const arrays = [
+      textElements(keys),
+      textElements(xmins, true),
+      textElements(counts, true),
+      ...colValues.map((a) => textElements(a, this.op === 'encrypt')),
+      ...idxValues.map((a) => textElements(a, true)),
+    ];
     const names = [
       sql`k`,
       sql`x`,
