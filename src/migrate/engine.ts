@@ -335,6 +335,12 @@ interface Prepared {
 
 class LeaseLost extends Error {}
 
+/** A finished chunk whose last batch is still being written. */
+interface Tail {
+  readonly chunk: Chunk;
+  readonly done: Promise<void>;
+}
+
 class Backfill {
   readonly db: AnyPgDatabase;
   readonly keyring: Keyring;
@@ -443,8 +449,20 @@ class Backfill {
     await this.#ensureJob();
     const signal = this.opts.signal;
     const poll = Math.min(1000, Math.max(50, this.leaseMs / 2));
+    /** The chunk finished last, its last batch still being written while the next one starts. */
+    let tail: Tail | undefined;
     while (!signal?.aborted) {
       const claim = await this.#claim();
+      if ((claim === 'done' || claim === 'wait') && tail !== undefined) {
+        // The chunk still being written may be the last open one: settle it, then claim again.
+        const t = tail;
+        tail = undefined;
+        if ((await this.#settleTail(t)) && (await this.#tryFinish())) {
+          this.result.jobDone = true;
+          break;
+        }
+        continue;
+      }
       if (claim === 'done') {
         await this.#tryFinish();
         this.result.jobDone = true;
@@ -457,19 +475,18 @@ class Backfill {
         continue;
       }
       try {
-        const finished = await this.#processChunk(claim);
-        if (finished) {
-          this.result.chunks++;
-          if (await this.#tryFinish()) {
-            this.result.jobDone = true;
-            break;
-          }
-        }
+        const t = tail;
+        tail = undefined;
+        const out = await this.#processChunk(claim, t);
+        if (out !== false) tail = out;
       } catch (e) {
         if (e instanceof LeaseLost) continue;
         await this.#release(claim).catch(() => undefined);
         throw e;
       }
+    }
+    if (tail !== undefined && (await this.#settleTail(tail)) && (await this.#tryFinish())) {
+      this.result.jobDone = true;
     }
     if (signal?.aborted) this.result.aborted = true;
     if (this.result.jobDone && this.op === 'encrypt') await this.#markIndexesBuilt();
@@ -754,19 +771,28 @@ class Backfill {
   }
 
   /**
-   * Processes a chunk from its checkpoint to its end. Returns true when the chunk is done.
+   * Processes a chunk from its checkpoint to its end. Returns, once every batch but the last is
+   * written, the chunk with its last batch's write in flight (`Tail`), or false when stopped.
    *
    * Batches are pipelined one deep: while batch N's statement runs on the database, batch N+1 is
    * read (on another connection) and its values are encrypted here, so the database and this
    * process work at the same time. Statements still commit in key order, one at a time: batch N+1 is
    * written only once batch N and its checkpoint are committed (or its busy rows retried), so a
-   * checkpoint never passes a row that was not handled.
+   * checkpoint never passes a row that was not handled. The pipeline runs across chunks too: `tail`,
+   * the previous chunk's last write, is awaited before this chunk's first batch is written.
    */
-  async #processChunk(chunk: Chunk): Promise<boolean> {
+  async #processChunk(chunk: Chunk, tail?: Tail): Promise<Tail | false> {
     const signal = this.opts.signal;
     let next: Promise<Row[]> | undefined;
     let inflight: Promise<void> | undefined;
     let from = chunk.lastKey ?? chunk.lo;
+    let previous = tail;
+    const settlePrevious = async () => {
+      if (previous === undefined) return;
+      const t = previous;
+      previous = undefined;
+      await this.#settleTail(t);
+    };
     try {
       for (;;) {
         if (signal?.aborted) break;
@@ -782,6 +808,7 @@ class Backfill {
           next.catch(() => undefined);
         }
         const prepared = await this.#prepare(rows);
+        await settlePrevious();
         if (inflight !== undefined) {
           const done = inflight;
           inflight = undefined;
@@ -791,23 +818,39 @@ class Backfill {
         inflight = this.#commitBatch(chunk, prepared, last, end);
         inflight.catch(() => undefined);
         from = last;
-        if (end) {
-          const done = inflight;
-          inflight = undefined;
-          await done;
-          return true;
-        }
+        // The last batch is still being written when the chunk is handed back: the next chunk is
+        // claimed, read and encrypted meanwhile (its first batch is written once this one is).
+        if (end) return { chunk, done: inflight };
         // Let other work of this process run between batches (with an in-process database such as
         // PGlite every await resolves without ever reaching the event loop).
         await new Promise((r) => setImmediate(r));
       }
     } catch (e) {
       if (inflight !== undefined) await inflight.catch(() => undefined);
+      await settlePrevious().catch(() => undefined);
       throw e;
     }
+    await settlePrevious();
     if (inflight !== undefined) await inflight;
     await this.#release(chunk);
     return false;
+  }
+
+  /**
+   * Waits for the last batch of a finished chunk. Returns true when it was written (the chunk is
+   * done), false when the chunk's lease was lost meanwhile; any other failure releases the chunk
+   * and is thrown.
+   */
+  async #settleTail(t: Tail): Promise<boolean> {
+    try {
+      await t.done;
+    } catch (e) {
+      if (e instanceof LeaseLost) return false;
+      await this.#release(t.chunk).catch(() => undefined);
+      throw e;
+    }
+    this.result.chunks++;
+    return true;
   }
 
   /** Writes a prepared batch (retrying its busy rows), then records it as seen. */
