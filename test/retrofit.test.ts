@@ -201,6 +201,28 @@ describe('retrofit: in-place text columns', () => {
     expect((await verifyBackfill(tdb.db, keyring, target)).plaintext).toBe(3 * N - nullEmails);
   });
 
+  it('plaintext with commas, quotes, braces and backslashes next to NULLs and empty strings rolls back exactly', async () => {
+    // The rollback writes plaintext: a batch holding a comma or an empty string travels as JSON,
+    // the others as comma-separated text; both must give back the very values.
+    await freshTable(600);
+    await tdb.raw(`update "${s.name}".accounts set
+        name = case when id % 3 = 0 then 'a,b ' || id when id % 3 = 1 then '"{x}" \\ ' || id else 'plain ' || id end,
+        email = case when id % 4 = 0 then null when id % 4 = 1 then ',' else 'e' || id end
+      where id <= 300`);
+    const before = await rawRows(tdb, s);
+    const target = s.target(s.enc('passthrough'));
+    const r = await runBackfill(tdb.db, keyring, target, { batchSize: 100, chunkSize: 300 });
+    expect(r.unreadable + r.invalid).toBe(0);
+    const strict = s.enc('strict');
+    const read = await keyring.withAnyTenant(() => tdb.db.select().from(strict).orderBy(asc(strict.id)));
+    expect(read.map((x) => [x.name, x.email, x.note])).toEqual(
+      [...before.values()].map((b) => [b.name, b.email, b.note]),
+    );
+    const rb = await rollbackBackfill(tdb.db, keyring, target, { batchSize: 100, chunkSize: 300 });
+    expect(rb.unreadable).toBe(0);
+    expect(await rawRows(tdb, s)).toEqual(before);
+  });
+
   it('never writes stale data: rows changed, deleted or locked between the read and the rewrite', async () => {
     await freshTable(400);
     const pass = s.enc('passthrough');

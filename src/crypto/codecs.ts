@@ -18,7 +18,7 @@ export const textCodec: Codec<string> = {
     assertWellFormed(value);
     return Buffer.from(value, 'utf8');
   },
-  decode: (b) => b.toString('utf8'),
+  decode: (b) => b.toString(), // UTF-8; without arguments Buffer#toString skips its encoding lookup
 };
 
 /**
@@ -45,7 +45,7 @@ export function jsonCodec<T>(): Codec<T> {
       if (s === undefined) throw new TypeError(`expected a JSON value, got ${describe(value)}`);
       return Buffer.from(s, 'utf8');
     },
-    decode: (b) => JSON.parse(b.toString('utf8')) as T,
+    decode: (b) => JSON.parse(b.toString()) as T, // UTF-8
   };
 }
 
@@ -92,7 +92,7 @@ export const numericCodec: Codec<string> = {
     }
     return Buffer.from(value, 'utf8');
   },
-  decode: (b) => b.toString('utf8'),
+  decode: (b) => b.toString(), // UTF-8; without arguments Buffer#toString skips its encoding lookup
 };
 
 export const booleanCodec: Codec<boolean> = {

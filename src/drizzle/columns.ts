@@ -171,7 +171,11 @@ export function sealFor(
   entry: DekEntry,
   plaintext: Uint8Array,
 ): Buffer | string {
-  const env = seal(fieldKeyFor(keyring, state, entry), plaintext);
+  return storedEnvelope(state, seal(fieldKeyFor(keyring, state, entry), plaintext));
+}
+
+/** An envelope in a column's storage format (bytes, or `byok1:` + base64 for text storage). */
+export function storedEnvelope(state: EncryptedColumnState, env: Buffer): Buffer | string {
   return state.storage === 'text' ? TEXT_PREFIX + env.toString('base64') : env;
 }
 

@@ -1,11 +1,11 @@
 import { createHash, type KeyObject, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type SQL, sql } from 'drizzle-orm';
-import { open } from '../crypto/aead.ts';
+import { type FieldKey, open, seal } from '../crypto/aead.ts';
 import { type BlindParams, blindValue } from '../crypto/blind-hmac.ts';
 import { type BlindIndexState, indexInput, tableBlindIndexes } from '../drizzle/blind-index.ts';
 import { type IndexKeyOwner, registryFor } from '../drizzle/blind-keys.ts';
-import { openFor, sealFor } from '../drizzle/columns.ts';
+import { openFor, storedEnvelope } from '../drizzle/columns.ts';
 import {
   ByokConfigError,
   ByokError,
@@ -16,7 +16,7 @@ import {
 } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, asPgDb, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
-import { ident, keysIn, query, rangeSql, tableSql } from './sql.ts';
+import { ident, keysIn, query, rangeSql, tableSql, textElements } from './sql.ts';
 import {
   type ResolvedColumn,
   type ResolvedTarget,
@@ -157,6 +157,8 @@ export interface BackfillResult extends ValueCounts {
 }
 
 const DEFAULTS = { batchSize: 1000, chunkSize: 20_000, leaseMs: 30_000, busyTimeoutMs: 60_000 } as const;
+/** Rows encrypted between two turns of the event loop while a batch is prepared. */
+const PLAN_SLICE = 100;
 const TRANSIENT = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
 
 /**
@@ -333,6 +335,12 @@ interface Prepared {
 
 class LeaseLost extends Error {}
 
+/** A finished chunk whose last batch is still being written. */
+interface Tail {
+  readonly chunk: Chunk;
+  readonly done: Promise<void>;
+}
+
 class Backfill {
   readonly db: AnyPgDatabase;
   readonly keyring: Keyring;
@@ -360,6 +368,15 @@ class Backfill {
   #lastEmitted = -1;
   /** Rows read by this worker (the rate limit counts reads, including the batch read ahead). */
   #rowsRead = 0;
+  /**
+   * Property names of a batch row's values (`v<i>` target, `s<i>` source, `i<j>` blind index), made
+   * once: a name built at each access is a new string to hash at every lookup.
+   */
+  /** Field keys by data key entry, per column (see `#fieldKey`). */
+  readonly #fieldKeys = new WeakMap<DekEntry, (FieldKey | undefined)[]>();
+  readonly #vn: readonly string[];
+  readonly #sn: readonly string[];
+  readonly #in: readonly string[];
 
   constructor(
     db: AnyPgDatabase,
@@ -384,6 +401,9 @@ class Backfill {
       const col = this.t.columns.findIndex((c) => c.target === state.source().name);
       return col < 0 ? [] : [{ col, state, owner: state.owner(this.t.tenant) }];
     });
+    this.#vn = this.t.columns.map((_, i) => `v${i}`);
+    this.#sn = this.t.columns.map((_, i) => `s${i}`);
+    this.#in = this.indexes.map((_, j) => `i${j}`);
     this.batchSize = Math.floor(positive(opts.batchSize, DEFAULTS.batchSize, 'batchSize'));
     this.chunkSize = Math.floor(positive(opts.chunkSize, DEFAULTS.chunkSize, 'chunkSize'));
     this.leaseMs = Math.floor(positive(opts.leaseMs, DEFAULTS.leaseMs, 'leaseMs'));
@@ -429,8 +449,20 @@ class Backfill {
     await this.#ensureJob();
     const signal = this.opts.signal;
     const poll = Math.min(1000, Math.max(50, this.leaseMs / 2));
+    /** The chunk finished last, its last batch still being written while the next one starts. */
+    let tail: Tail | undefined;
     while (!signal?.aborted) {
       const claim = await this.#claim();
+      if ((claim === 'done' || claim === 'wait') && tail !== undefined) {
+        // The chunk still being written may be the last open one: settle it, then claim again.
+        const t = tail;
+        tail = undefined;
+        if ((await this.#settleTail(t)) && (await this.#tryFinish())) {
+          this.result.jobDone = true;
+          break;
+        }
+        continue;
+      }
       if (claim === 'done') {
         await this.#tryFinish();
         this.result.jobDone = true;
@@ -443,19 +475,18 @@ class Backfill {
         continue;
       }
       try {
-        const finished = await this.#processChunk(claim);
-        if (finished) {
-          this.result.chunks++;
-          if (await this.#tryFinish()) {
-            this.result.jobDone = true;
-            break;
-          }
-        }
+        const t = tail;
+        tail = undefined;
+        const out = await this.#processChunk(claim, t);
+        if (out !== false) tail = out;
       } catch (e) {
         if (e instanceof LeaseLost) continue;
         await this.#release(claim).catch(() => undefined);
         throw e;
       }
+    }
+    if (tail !== undefined && (await this.#settleTail(tail)) && (await this.#tryFinish())) {
+      this.result.jobDone = true;
     }
     if (signal?.aborted) this.result.aborted = true;
     if (this.result.jobDone && this.op === 'encrypt') await this.#markIndexesBuilt();
@@ -740,19 +771,28 @@ class Backfill {
   }
 
   /**
-   * Processes a chunk from its checkpoint to its end. Returns true when the chunk is done.
+   * Processes a chunk from its checkpoint to its end. Returns, once every batch but the last is
+   * written, the chunk with its last batch's write in flight (`Tail`), or false when stopped.
    *
    * Batches are pipelined one deep: while batch N's statement runs on the database, batch N+1 is
    * read (on another connection) and its values are encrypted here, so the database and this
    * process work at the same time. Statements still commit in key order, one at a time: batch N+1 is
    * written only once batch N and its checkpoint are committed (or its busy rows retried), so a
-   * checkpoint never passes a row that was not handled.
+   * checkpoint never passes a row that was not handled. The pipeline runs across chunks too: `tail`,
+   * the previous chunk's last write, is awaited before this chunk's first batch is written.
    */
-  async #processChunk(chunk: Chunk): Promise<boolean> {
+  async #processChunk(chunk: Chunk, tail?: Tail): Promise<Tail | false> {
     const signal = this.opts.signal;
     let next: Promise<Row[]> | undefined;
     let inflight: Promise<void> | undefined;
     let from = chunk.lastKey ?? chunk.lo;
+    let previous = tail;
+    const settlePrevious = async () => {
+      if (previous === undefined) return;
+      const t = previous;
+      previous = undefined;
+      await this.#settleTail(t);
+    };
     try {
       for (;;) {
         if (signal?.aborted) break;
@@ -768,6 +808,7 @@ class Backfill {
           next.catch(() => undefined);
         }
         const prepared = await this.#prepare(rows);
+        await settlePrevious();
         if (inflight !== undefined) {
           const done = inflight;
           inflight = undefined;
@@ -777,23 +818,39 @@ class Backfill {
         inflight = this.#commitBatch(chunk, prepared, last, end);
         inflight.catch(() => undefined);
         from = last;
-        if (end) {
-          const done = inflight;
-          inflight = undefined;
-          await done;
-          return true;
-        }
+        // The last batch is still being written when the chunk is handed back: the next chunk is
+        // claimed, read and encrypted meanwhile (its first batch is written once this one is).
+        if (end) return { chunk, done: inflight };
         // Let other work of this process run between batches (with an in-process database such as
         // PGlite every await resolves without ever reaching the event loop).
         await new Promise((r) => setImmediate(r));
       }
     } catch (e) {
       if (inflight !== undefined) await inflight.catch(() => undefined);
+      await settlePrevious().catch(() => undefined);
       throw e;
     }
+    await settlePrevious();
     if (inflight !== undefined) await inflight;
     await this.#release(chunk);
     return false;
+  }
+
+  /**
+   * Waits for the last batch of a finished chunk. Returns true when it was written (the chunk is
+   * done), false when the chunk's lease was lost meanwhile; any other failure releases the chunk
+   * and is thrown.
+   */
+  async #settleTail(t: Tail): Promise<boolean> {
+    try {
+      await t.done;
+    } catch (e) {
+      if (e instanceof LeaseLost) return false;
+      await this.#release(t.chunk).catch(() => undefined);
+      throw e;
+    }
+    this.result.chunks++;
+    return true;
   }
 
   /** Writes a prepared batch (retrying its busy rows), then records it as seen. */
@@ -812,18 +869,41 @@ class Backfill {
     if (due > elapsed) await sleep(due - elapsed, this.opts.signal);
   }
 
-  /** Loads the keys a batch needs and computes its new values (no lock, no write). */
+  /**
+   * Loads the keys a batch needs and computes its new values (no lock, no write).
+   *
+   * The rows are encrypted in slices with a turn of the event loop between them: the previous
+   * batch's statement is in flight meanwhile, and a driver that answers a round trip of its own
+   * before sending the values (postgres.js describes an unnamed statement first) only sends them
+   * when this process reads its socket. Without the turns, the database would wait for the whole
+   * batch to be encrypted before it starts writing the previous one.
+   */
   async #prepare(rows: Row[]): Promise<Prepared> {
     const keys = await this.#loadKeys(rows);
-    return { rows, keys, ...this.#planRows(rows, keys) };
+    const plan: Omit<Prepared, 'rows' | 'keys'> = { writes: new Map(), needKey: [], settled: [] };
+    for (let i = 0; i < rows.length; i += PLAN_SLICE) {
+      if (i > 0) await new Promise((r) => setImmediate(r));
+      this.#planInto(rows, i, Math.min(rows.length, i + PLAN_SLICE), keys, plan);
+    }
+    return { rows, keys, ...plan };
   }
 
   /** Classifies rows and computes their new values with the loaded keys. */
   #planRows(todo: readonly Row[], keys: BatchKeys): Omit<Prepared, 'rows' | 'keys'> {
-    const writes = new Map<string, PlannedWrite>();
-    const needKey: Row[] = [];
-    const settled: Action[][] = [];
-    for (const row of todo) {
+    const plan: Omit<Prepared, 'rows' | 'keys'> = { writes: new Map(), needKey: [], settled: [] };
+    this.#planInto(todo, 0, todo.length, keys, plan);
+    return plan;
+  }
+
+  #planInto(
+    todo: readonly Row[],
+    from: number,
+    to: number,
+    keys: BatchKeys,
+    { writes, needKey, settled }: Omit<Prepared, 'rows' | 'keys'>,
+  ): void {
+    for (let r = from; r < to; r++) {
+      const row = todo[r]!;
       const actions = this.#plan(row, keys);
       if (actions.some((a) => a.kind === 'need-key')) {
         needKey.push(row);
@@ -836,7 +916,6 @@ class Backfill {
       if (w === undefined || (w.cols.size === 0 && w.index.size === 0)) settled.push(actions);
       else writes.set(row.k, { row, writes: w.cols, index: w.index, actions });
     }
-    return { writes, needKey, settled };
   }
 
   /**
@@ -931,7 +1010,7 @@ class Backfill {
           envelopes.push({ tenant: row.t!, dekId: s.dekId, needIndex: this.#missingIndex(row, i) });
         if (
           this.op === 'encrypt' &&
-          (s.kind !== 'null' || (c.source !== undefined && row[`s${i}`] != null))
+          (s.kind !== 'null' || (c.source !== undefined && row[this.#sn[i]!] != null))
         ) {
           tenants.add(row.t!);
           if (this.indexes.some((ix) => ix.col === i)) indexTenants.add(row.t!);
@@ -1001,6 +1080,24 @@ class Backfill {
     });
   }
 
+  /**
+   * The field key of column `i` under a data key: kept per data key entry and column, so rows of
+   * interleaved tenants each find theirs at once.
+   */
+  #fieldKey(entry: DekEntry, i: number): FieldKey {
+    let a = this.#fieldKeys.get(entry);
+    if (a === undefined) {
+      a = new Array<FieldKey | undefined>(this.t.columns.length);
+      this.#fieldKeys.set(entry, a);
+    }
+    let fk = a[i];
+    if (fk === undefined || entry.evicted) {
+      fk = keysOf(this.keyring).fieldKey(entry, this.t.columns[i]!.state.context);
+      a[i] = fk;
+    }
+    return fk;
+  }
+
   /** The classification of `row`'s value of column `i`, memoized on the row. */
   #stored(row: Row, i: number): Stored {
     let all = row[STORED];
@@ -1010,7 +1107,7 @@ class Backfill {
     }
     let s = all[i];
     if (s === undefined) {
-      s = classify(this.t.columns[i]!.state, row[`v${i}`]);
+      s = classify(this.t.columns[i]!.state, row[this.#vn[i]!]);
       all[i] = s;
     }
     return s;
@@ -1018,7 +1115,7 @@ class Backfill {
 
   /** Whether a blind index of column `col` (of any column when omitted) has no value in `row`. */
   #missingIndex(row: Row, col?: number): boolean {
-    return this.indexes.some((ix, j) => (col === undefined || ix.col === col) && row[`i${j}`] == null);
+    return this.indexes.some((ix, j) => (col === undefined || ix.col === col) && row[this.#in[j]!] == null);
   }
 
   /** The value of index `j` for an app value of its column, or undefined without a key (dry run). */
@@ -1041,7 +1138,7 @@ class Backfill {
   #plan(row: Row, keys: BatchKeys): Action[] {
     return this.t.columns.map((c, i) => {
       const stored = this.#stored(row, i);
-      const source = c.source === undefined ? undefined : (row[`s${i}`] as string | null);
+      const source = c.source === undefined ? undefined : (row[this.#sn[i]!] as string | null);
       return this.op === 'encrypt'
         ? this.#planEncrypt(c, stored, source, row.t, keys)
         : this.#planDecrypt(c, stored, row.t, keys);
@@ -1109,7 +1206,7 @@ class Backfill {
     const index = new Map<number, Buffer>();
     const indexes = (i: number, value: () => unknown, onlyMissing: boolean) => {
       this.indexes.forEach((ix, j) => {
-        if (ix.col !== i || (onlyMissing && row[`i${j}`] != null)) return;
+        if (ix.col !== i || (onlyMissing && row[this.#in[j]!] != null)) return;
         const v = this.#indexValue(j, row.t!, value(), keys);
         if (v !== undefined) index.set(j, v);
       });
@@ -1131,7 +1228,7 @@ class Backfill {
           return;
         let plaintext: Buffer;
         try {
-          plaintext = open(keysOf(kr).fieldKey(entry, c.state.context), stored.env);
+          plaintext = open(this.#fieldKey(entry, i), stored.env);
         } catch {
           return; // left without an index value: the tenant's index is not marked built
         }
@@ -1145,7 +1242,7 @@ class Backfill {
         if (stored.kind === 'envelope') {
           try {
             const old = keys.old.get(stored.dekId)!;
-            plaintext = open(keysOf(kr).fieldKey(old, c.state.context), stored.env);
+            plaintext = open(this.#fieldKey(old, i), stored.env);
           } catch {
             actions[i] = COUNT('unreadable');
             return;
@@ -1158,8 +1255,8 @@ class Backfill {
           try {
             value =
               c.kind === 'in-place'
-                ? inPlacePlainValue(c.state, row[`v${i}`])
-                : sourceValue(c.state, row[`s${i}`] as string);
+                ? inPlacePlainValue(c.state, row[this.#vn[i]!])
+                : sourceValue(c.state, row[this.#sn[i]!] as string);
             plaintext = c.state.codec.encode(value);
           } catch {
             actions[i] = COUNT('invalid');
@@ -1168,7 +1265,7 @@ class Backfill {
           actions[i] = COUNT('written');
           indexes(i, () => value, false);
         }
-        out.set(i, { target: sealFor(kr, c.state, active, plaintext) });
+        out.set(i, { target: storedEnvelope(c.state, seal(this.#fieldKey(active, i), plaintext)) });
         return;
       }
       if (stored.kind !== 'envelope') return;
@@ -1222,21 +1319,22 @@ class Backfill {
     const idxUsed = new Set<number>();
     for (const w of writes.values()) for (const j of w.index.keys()) idxUsed.add(j);
     const idxCols = [...idxUsed].sort((a, b) => a - b);
-    // The new values travel column-wise, one JSON array of strings per column (bytea as base64),
-    // zipped back into rows by ROWS FROM: a handful of text parameters whatever the batch size, no
-    // per-row object or key names to build and parse.
+    // The new values travel column-wise, one text parameter per column (comma-separated when no
+    // value holds a comma, as ciphertext and base64 never do; else a JSON array), zipped back into
+    // rows by ROWS FROM: a handful of parameters whatever the batch size, no per-row object or key
+    // names to build and parse.
     const list = [...writes.values()];
     const n = list.length;
     const keys = new Array<string>(n);
     const xmins = new Array<string>(n);
-    const counts = new Array<number>(n);
+    const counts = new Array<string>(n);
     const colValues = cols.map(() => new Array<string | null>(n));
     const idxValues = idxCols.map(() => new Array<string | null>(n));
     for (let r = 0; r < n; r++) {
       const { row, writes: w, index } = list[r]!;
       keys[r] = row.k;
       xmins[r] = row.x;
-      counts[r] = w.size;
+      counts[r] = String(w.size);
       for (let c = 0; c < cols.length; c++) {
         const cw = w.get(cols[c]!);
         const v = cw === undefined ? undefined : (cw.source ?? cw.target);
@@ -1246,9 +1344,15 @@ class Backfill {
         idxValues[c]![r] = index.get(idxCols[c]!)?.toString('base64') ?? null;
       }
     }
-    const arrays = [keys, xmins, counts, ...colValues, ...idxValues].map(
-      (a) => sql`json_array_elements_text(${JSON.stringify(a)}::text::json)`,
-    );
+    // Ciphertext (`byok1:` + base64 or base64 of bytes), blind index values, xmins and counts are
+    // never empty and never hold a comma; keys and what a rollback writes (plaintext) are checked.
+    const arrays = [
+      textElements(keys),
+      textElements(xmins, true),
+      textElements(counts, true),
+      ...colValues.map((a) => textElements(a, this.op === 'encrypt')),
+      ...idxValues.map((a) => textElements(a, true)),
+    ];
     const names = [
       sql`k`,
       sql`x`,
@@ -1293,13 +1397,13 @@ class Backfill {
              WHERE job_id = ${this.jobId} AND seq = ${chunk.seq} AND worker = ${this.worker} AND state = 'running'
             FOR UPDATE
           ), l AS (
-            SELECT t.${key} AS k FROM ${tableSql(this.t)} AS t JOIN v ON t.${key} = v.k::${keyType} AND t.xmin = v.x::xid
+            SELECT t.ctid AS tid, v.* FROM ${tableSql(this.t)} AS t JOIN v ON t.${key} = v.k::${keyType} AND t.xmin = v.x::xid
              WHERE EXISTS (SELECT 1 FROM own)
             FOR UPDATE OF t SKIP LOCKED
           ), u AS (
             UPDATE ${tableSql(this.t)} AS t SET ${sql.join(sets, sql`, `)}
-              FROM v JOIN l ON l.k = v.k::${keyType}
-             WHERE t.${key} = l.k
+              FROM l AS v
+             WHERE t.ctid = v.tid
             RETURNING v.k AS k, v.n::int AS n
           ), c AS (${this.#checkpointSql(chunk, sql`(SELECT coalesce(sum(n), 0) FROM u)::int`, advance, all)})
           SELECT CASE WHEN ${all} THEN NULL ELSE (SELECT coalesce(json_agg(k), '[]'::json) FROM u)::text END AS updated,

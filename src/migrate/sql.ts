@@ -55,3 +55,20 @@ export function rangeSql(
 export function keysIn(t: ResolvedTarget, alias: SQL, keys: readonly string[]): SQL {
   return sql`${alias}.${ident(t.key)} IN (SELECT x::${sql.raw(t.keyType)} FROM json_array_elements_text(${JSON.stringify(keys)}::text::json) AS x)`;
 }
+
+/**
+ * A set-returning expression yielding `values` as text, in order (NULL for null), for `ROWS FROM`.
+ * Values that hold no comma and are not empty (keys of integer or UUID type, xmins, counts,
+ * ciphertext text, base64) travel as one comma-separated text parameter split by `string_to_array`,
+ * which PostgreSQL parses several times faster than JSON; anything else as one JSON array.
+ * `commaFree`: the caller knows every value is non-empty or null and holds no comma (not checked).
+ */
+export function textElements(values: readonly (string | null)[], commaFree = false): SQL {
+  for (let i = 0; !commaFree && i < values.length; i++) {
+    const v = values[i];
+    if (v === '' || v?.includes(',')) {
+      return sql`json_array_elements_text(${JSON.stringify(values)}::text::json)`;
+    }
+  }
+  return sql`unnest(string_to_array(${values.join(',')}::text, ',', ''))`;
+}
