@@ -804,12 +804,14 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
 
   it('rotation of the index key under concurrent writes loses no lookups, on any of three instances', async () => {
     // Three app instances on one database: A rotates and reads; B writes continuously and reads; C
-    // reads. B and C act on cached key versions up to 1 s old; the rotation's grace period (1.3 s)
-    // covers that. The checks at each phase pin down which stale view each instance has.
+    // reads. B and C act on cached key versions up to 4 s old; the rotation's grace period (4.5 s)
+    // covers that. The checks at each phase pin down which stale view each instance has (the views
+    // must outlive a phase on a loaded machine: with 1 s, B's view could expire between 'promoting'
+    // and 'pass', and B then rightly wrote the new version where the test expected the stale one).
     const kek = localKek({ key: randomBytes(32) });
     const pglite = MAIN_DRIVER === 'pglite' ? new PGlite() : undefined;
     const A = await setupBlind(MAIN_DRIVER, { pglite, kek });
-    const other = { pglite, kek, schemaName: A.s.name, createTables: false, stateMaxAgeMs: 1000 };
+    const other = { pglite, kek, schemaName: A.s.name, createTables: false, stateMaxAgeMs: 4000 };
     const B = await setupBlind(MAIN_DRIVER, other);
     const C = await setupBlind(MAIN_DRIVER, other);
     let stop = false;
@@ -936,7 +938,7 @@ describe(`blind index maintenance and scale on ${MAIN_DRIVER}`, () => {
       const report = await rotateBlindIndex(A.db, {
         index: ua.emailIdx,
         tenantId: T,
-        graceMs: 1300,
+        graceMs: 4500,
         batchSize: 100,
         onProgress,
       });
