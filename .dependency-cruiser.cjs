@@ -17,8 +17,11 @@ const LAYERS = [
   ['cli', '^src/cli/'],
 ];
 
-/** One rule per layer: nothing in it imports a layer above it, nor the test servers. */
-const layerRules = LAYERS.map(([name, path], i) => {
+/**
+ * One rule per layer: nothing in it imports a layer above it (the top layer, cli, has none; the rule
+ * testing-is-a-leaf covers src/testing/).
+ */
+const layerRules = LAYERS.slice(0, -1).map(([name, path], i) => {
   const above = LAYERS.slice(i + 1).map(([, p]) => p);
   return {
     name: `layer-${name}`,
@@ -29,7 +32,7 @@ const layerRules = LAYERS.map(([name, path], i) => {
     } (and src/errors.ts)`,
     severity: 'error',
     from: { path },
-    to: { path: [...above, '^src/testing/'] },
+    to: { path: above },
   };
 });
 
