@@ -1,3 +1,4 @@
+// One file: withEncryption's dialect, session, transaction and prepared-query hooks share one query context.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
 import { ByokConfigError, DecryptionFailedError, TenantMismatchError } from '../errors.ts';

@@ -1,3 +1,4 @@
+// One file: its loaders, unwrap, LISTEN/NOTIFY and audit share Keyring #private state (docs/architecture.md).
 import {
   createCipheriv,
   createDecipheriv,

@@ -1,3 +1,4 @@
+// One file: the lifecycle operations share the tenant lock, KEK replacement, status (docs/architecture.md).
 import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { and, eq, inArray, isNull, ne, notInArray, sql } from 'drizzle-orm';
 import { assertTenantId, scopeStorage } from '../scope.ts';
