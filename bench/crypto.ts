@@ -20,7 +20,7 @@ import { drizzle } from 'drizzle-orm/postgres-js';
 import { deriveFieldKey, open, seal } from '../src/crypto/aead.ts';
 import { uuidToBytes } from '../src/crypto/envelope.ts';
 import { type BuildContext, inBuildContext, type QueryContext } from '../src/drizzle/columns.ts';
-import { scopeStorage } from '../src/drizzle/scope.ts';
+import { scopeStorage } from '../src/scope.ts';
 import { keysOf } from '../src/keys/keyring.ts';
 import { createKeyring, encrypted, localKek } from '../src/index.ts';
 import {

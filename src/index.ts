@@ -28,7 +28,7 @@ export {
 export { rawCiphertext, restoreCiphertext } from './drizzle/guard.ts';
 export { decryptRows } from './drizzle/raw.ts';
 export { type CiphertextBinding, reencrypt } from './drizzle/reencrypt.ts';
-export { currentTenant, withAnyTenant, withTenant } from './drizzle/scope.ts';
+export { currentTenant, withAnyTenant, withTenant } from './scope.ts';
 export {
   DEFAULT_RLS_SETTING,
   type RlsOptions,

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { open } from '../src/crypto/aead.ts';
 import { uuidToBytes } from '../src/crypto/envelope.ts';
 import { type BuildContext, inBuildContext, type QueryContext } from '../src/drizzle/columns.ts';
-import { scopeStorage } from '../src/drizzle/scope.ts';
+import { scopeStorage } from '../src/scope.ts';
 import { keysOf } from '../src/keys/keyring.ts';
 import { createKeyring, DecryptionFailedError, encrypted, localKek } from '../src/index.ts';
 

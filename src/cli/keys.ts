@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { KeyNotFoundError } from '../errors.ts';
-import { assertTenantId } from '../drizzle/scope.ts';
+import { assertTenantId } from '../scope.ts';
 import { verifyKek } from '../keys/lifecycle.ts';
 import type { TenantStatus } from '../keys/lifecycle.ts';
 import type { Kek } from '../kms/kek.ts';

@@ -1,3 +1,4 @@
+// One file: the fail-closed allowlist: one SQL-tree walk and the builder hooks sharing its refusal rules.
 // A namespace import for helpers other Drizzle majors dropped: a missing one must not fail the
 // import of the whole library (the supported-version check then reports a typed error instead).
 import * as drizzleOrm from 'drizzle-orm';

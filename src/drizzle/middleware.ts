@@ -1,3 +1,4 @@
+// One file: withEncryption's dialect, session, transaction and prepared-query hooks share one query context.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
 import { ByokConfigError, DecryptionFailedError, TenantMismatchError } from '../errors.ts';
@@ -22,11 +23,11 @@ import {
 import { columnTable, instrumentInsertLayout, placeholderName } from './chunks.ts';
 import { guardSql, installGuard } from './guard.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
-import { assertPgDatabase } from './pg.ts';
+import { assertPgDatabase } from '../store/pg.ts';
 import { type RlsOptions, rlsStatements } from './rls.ts';
 import { wrappedWith } from './blind-index.ts';
 import type { RlsConfig } from './rls.ts';
-import { assertTenantId, scopeStorage } from './scope.ts';
+import { assertTenantId, scopeStorage } from '../scope.ts';
 import { nestedSql } from './sql-walk.ts';
 import {
   checkTenantColumn,

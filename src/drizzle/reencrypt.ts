@@ -3,7 +3,7 @@ import { envelopeDekId } from '../crypto/envelope.ts';
 import { ByokConfigError, DecryptionFailedError, NoTenantError } from '../errors.ts';
 import { isKeyring, type Keyring, keysOf } from '../keys/keyring.ts';
 import { type EncryptedColumnState, encryptedState, envelopeOf, openFor, sealFor } from './columns.ts';
-import { assertTenantId, scopeStorage } from './scope.ts';
+import { assertTenantId, scopeStorage } from '../scope.ts';
 
 /** Where a stored ciphertext comes from, or goes to: an encrypted column and a tenant. */
 export interface CiphertextBinding {

@@ -3,7 +3,7 @@ import { PgTable } from 'drizzle-orm/pg-core';
 import { ByokConfigError, NoTenantError, TenantMismatchError } from '../errors.ts';
 import { chunkText, columnTable, placeholderName } from './chunks.ts';
 import { encryptedState } from './columns.ts';
-import { assertTenantId, scopeStorage } from './scope.ts';
+import { assertTenantId, scopeStorage } from '../scope.ts';
 
 /**
  * Tenant isolation in the query builders: with a tenant column configured, every table reference

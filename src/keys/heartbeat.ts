@@ -24,7 +24,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { and, eq, inArray, ne, or, sql } from 'drizzle-orm';
-import { scopeStorage } from '../drizzle/scope.ts';
+import { scopeStorage } from '../scope.ts';
 import {
   ByokConfigError,
   type ByokError,
@@ -35,7 +35,10 @@ import {
 } from '../errors.ts';
 import { unwrapIdentified } from './identity.ts';
 import { dekMaterial } from './cache.ts';
-import { asPgDb, type Keyring, keysOf, mapLimit } from './keyring.ts';
+import { asPgDb } from '../store/db.ts';
+import { keysOf } from './access.ts';
+import type { Keyring } from './keyring.ts';
+import { mapLimit } from './map-limit.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 
 export interface HeartbeatOptions {

@@ -1,3 +1,4 @@
+// One file: its loaders, unwrap, LISTEN/NOTIFY and audit share Keyring #private state (docs/architecture.md).
 import {
   createCipheriv,
   createDecipheriv,
@@ -11,7 +12,7 @@ import DataLoader from 'dataloader';
 import { and, eq, inArray, ne, sql } from 'drizzle-orm';
 import { contextBytes, deriveFieldKey, deriveSubkey, type FieldKey } from '../crypto/aead.ts';
 import { uuidToBytes } from '../crypto/envelope.ts';
-import { type Started, scopeStorage, start, withAnyTenant, withTenant } from '../drizzle/scope.ts';
+import { type Started, scopeStorage, start, withAnyTenant, withTenant } from '../scope.ts';
 import {
   ByokConfigError,
   ByokError,
@@ -26,7 +27,7 @@ import {
   KmsUnavailableError,
   TenantShreddedError,
 } from '../errors.ts';
-import { assertPgDatabase } from '../drizzle/pg.ts';
+import { assertPgDatabase } from '../store/pg.ts';
 import type { Kek, KekConfig, KekFactory, WrapContext } from '../kms/kek.ts';
 import { DekCache, type DekCacheOptions, type DekEntry, dekMaterial } from './cache.ts';
 import type { ByokEvent, ByokEventListener } from './events.ts';
@@ -37,10 +38,13 @@ import { type RewrapMovedResult, rewrapMovedKeys } from './rewrap-moved.ts';
 import { type Heartbeat, type HeartbeatOptions, isRefusal, startHeartbeat } from './heartbeat.ts';
 import { byokAudit, byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 import { loadTelemetry, withSpan } from './telemetry.ts';
+import { type KeyAccess, setKeyAccess } from './access.ts';
+import { mapLimit } from './map-limit.ts';
 import { rethrowStoreError, translateStoreError } from '../store/errors.ts';
 import { installKeyStore } from '../store/migrations.ts';
 
 export { type AnyPgDatabase, asPgDb, type PgDb } from '../store/db.ts';
+export { type KeyAccess, keysOf } from './access.ts';
 import { type AnyPgDatabase, asPgDb, type PgDb } from '../store/db.ts';
 
 export interface KeyringOptions {
@@ -175,7 +179,6 @@ export interface KeyringStats {
   readonly cachedKeys: number;
 }
 
-let access: (k: Keyring) => KeyAccess;
 let isKeyringBrand: (v: unknown) => boolean;
 
 const FAILOVER_CODES = new Set([KmsUnavailableError.code, KmsThrottledError.code]);
@@ -277,7 +280,7 @@ export class Keyring {
   }
 
   static {
-    access = (k) => k.#keys;
+    setKeyAccess((k) => k.#keys);
     isKeyringBrand = (v) => typeof v === 'object' && v !== null && #keys in v;
   }
 
@@ -1518,48 +1521,6 @@ export class Keyring {
   }
 }
 
-/**
- * The key material side of a keyring, for the library's own modules (middleware, migrate, blind
- * indexes). Not exported from the package: data key entries are never part of the public API.
- */
-export interface KeyAccess {
-  readonly cache: DekCache;
-  getDek(id: string, txDb?: AnyPgDatabase): Promise<DekEntry>;
-  getDekForRead(id: string, tenantId: string | null, txDb?: AnyPgDatabase): Promise<DekEntry>;
-  getDekVersion(tenantId: string, version: number, txDb?: AnyPgDatabase): Promise<DekEntry>;
-  getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry>;
-  fieldKey(entry: DekEntry, context: string): FieldKey;
-  derivedKey(entry: DekEntry, label: string, context: string): KeyObject;
-  /** The platform KEK (it unwraps data keys: internal like them). */
-  readonly platformKek: Kek;
-  platformKekFor(keyRef: string): Kek | undefined;
-  kekFor(row: KekRow): Promise<Kek>;
-  sealSecret(
-    tenantId: string,
-    kekId: string,
-    secret: Readonly<Record<string, unknown>>,
-  ): Promise<{ secret: Buffer; secretKey: Buffer; secretKeyRef: string; secretKeyBy: string | null }>;
-  openSecret(
-    tenantId: string,
-    kekId: string,
-    row: {
-      secret: Buffer | null;
-      secretKey: Buffer | null;
-      secretKeyRef: string | null;
-      secretKeyBy?: string | null;
-    },
-  ): Promise<Record<string, unknown>>;
-  createDek(
-    tenantId: string,
-    options: { rotate: boolean; db?: AnyPgDatabase; cache?: boolean },
-  ): Promise<DekEntry>;
-}
-
-/** The key access of a keyring (library-internal). */
-export function keysOf(keyring: Keyring): KeyAccess {
-  return access(keyring);
-}
-
 /** Whether `v` is a keyring made by `createKeyring` (of this install). */
 export function isKeyring(v: unknown): v is Keyring {
   return isKeyringBrand(v);
@@ -1827,22 +1788,6 @@ function asError(e: unknown): Error {
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 function isUuid(s: string): boolean {
   return UUID_RE.test(s);
-}
-
-/** Runs `fn` over `items` with at most `limit` in flight. */
-export async function mapLimit<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const item = items[next++] as T;
-      await fn(item);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 type NodePgConn = {

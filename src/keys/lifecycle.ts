@@ -1,6 +1,7 @@
+// One file: the lifecycle operations share the tenant lock, KEK replacement, status (docs/architecture.md).
 import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { and, eq, inArray, isNull, ne, notInArray, sql } from 'drizzle-orm';
-import { assertTenantId, scopeStorage } from '../drizzle/scope.ts';
+import { assertTenantId, scopeStorage } from '../scope.ts';
 import {
   ByokConfigError,
   isByokError,
@@ -15,7 +16,10 @@ import type { Kek, KekKind, KeyDescription } from '../kms/kek.ts';
 import { dekMaterial } from './cache.ts';
 import { isRefusal } from './heartbeat.ts';
 import { isMoved, unwrapIdentified, wrapIdentified } from './identity.ts';
-import { type AnyPgDatabase, asPgDb, type Keyring, keysOf, mapLimit } from './keyring.ts';
+import { type AnyPgDatabase, asPgDb } from '../store/db.ts';
+import { keysOf } from './access.ts';
+import type { Keyring } from './keyring.ts';
+import { mapLimit } from './map-limit.ts';
 import { checkIssuedExternalId } from './onboarding.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 

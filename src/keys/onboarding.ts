@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { eq } from 'drizzle-orm';
-import { assertTenantId, scopeStorage } from '../drizzle/scope.ts';
+import { assertTenantId, scopeStorage } from '../scope.ts';
 import { ByokConfigError } from '../errors.ts';
 import type { Kek } from '../kms/kek.ts';
 import { byokOnboarding } from './identity-schema.ts';
@@ -34,7 +34,8 @@ import {
   validateVaultOnboarding,
   vaultArtifacts,
 } from './onboarding-vault.ts';
-import { asPgDb, type Keyring } from './keyring.ts';
+import { asPgDb } from '../store/db.ts';
+import type { Keyring } from './keyring.ts';
 import { byokTenants } from './schema.ts';
 
 export interface AwsOnboardingOptions {

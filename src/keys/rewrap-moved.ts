@@ -13,11 +13,13 @@
  * Data is never re-encrypted. A process killed in the middle leaves every wrap as it was.
  */
 import { and, eq, ne } from 'drizzle-orm';
-import { assertTenantId, scopeStorage } from '../drizzle/scope.ts';
+import { assertTenantId, scopeStorage } from '../scope.ts';
 import { ByokConfigError, isByokError } from '../errors.ts';
 import { wrapIdentified } from './identity.ts';
 import { dekMaterial } from './cache.ts';
-import { type AnyPgDatabase, asPgDb, type Keyring, keysOf } from './keyring.ts';
+import { type AnyPgDatabase, asPgDb } from '../store/db.ts';
+import { keysOf } from './access.ts';
+import type { Keyring } from './keyring.ts';
 import { type LifecycleOptions, lockTenant, status, type TenantStatus, verifyKek } from './lifecycle.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 

@@ -1,3 +1,4 @@
+// One file: the drizzle-byok/aws entry: options, credentials, error mapping, the KEK (docs/architecture.md).
 /**
  * `drizzle-byok/aws`: a tenant's AWS KMS key as key-encryption key (KEK).
  *

@@ -1,3 +1,4 @@
+// One file: the drizzle-byok/gcp entry: options, wire helpers, error mapping, the KEK (docs/architecture.md).
 /**
  * `drizzle-byok/gcp`: a tenant's Google Cloud KMS key as key-encryption key (KEK).
  *

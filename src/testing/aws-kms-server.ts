@@ -1,3 +1,4 @@
+// One file: KMS, STS, SigV4, policies and faults share one handler and key state (docs/architecture.md).
 /**
  * A local AWS KMS + STS server for tests. It speaks the real wire protocols (KMS: JSON 1.1 with
  * `X-Amz-Target: TrentService.<Op>`; STS: the Query protocol with XML answers), verifies SigV4

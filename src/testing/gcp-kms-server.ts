@@ -1,3 +1,4 @@
+// One file: the gRPC handlers share one in-memory key model and IAM check (see docs/architecture.md).
 /**
  * A local Google Cloud KMS server for tests. It serves `google.cloud.kms.v1.KeyManagementService`
  * over gRPC, loaded from the `.proto` files shipped in `@google-cloud/kms`, so the real

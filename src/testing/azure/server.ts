@@ -1,3 +1,4 @@
+// One file: the Key Vault and Entra routes are one closure over the server's keys, grants and faults.
 /**
  * `startAzureKeyVaultServer()`: a local Azure Key Vault (keys REST API, api-version 7.x: create,
  * get, update enabled / expiry / operations, rotate, wrapkey, unwrapkey; challenge authentication;
