@@ -1,3 +1,4 @@
+// One file: the blind index column, its lookup rewrite and write maintenance share one index state (docs/architecture.md).
 import type { KeyObject } from 'node:crypto';
 import { inspect } from 'node:util';
 import {

@@ -1,3 +1,4 @@
+// One file: the retrofit engine: planner, chunk claims, batch read/encrypt/write pipeline and checkpoints share one run state.
 import { createHash, type KeyObject, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type SQL, sql } from 'drizzle-orm';
