@@ -3,6 +3,7 @@ import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import pg from 'pg';
 import postgres from 'postgres';
 import { DATABASE_URL, type DriverName, type TestDb } from './db.ts';
+import { relationalConfig } from './drizzle-version.ts';
 
 /**
  * PgBouncer in transaction pooling mode in front of the test server, started by `.ci/run`, which
@@ -33,7 +34,7 @@ export async function openPooled(
   options: { max?: number } = {},
 ): Promise<TestDb> {
   const url = pooledUrl();
-  const config = schema === undefined ? {} : { schema };
+  const config = relationalConfig(schema);
   if (driver === 'postgres-js') {
     const client = postgres(url, { max: options.max ?? 8, prepare: false, onnotice: () => {} });
     return {
