@@ -25,6 +25,7 @@ import {
   KmsUnavailableError,
 } from '../src/index.ts';
 import { mapAzureError } from '../src/kms/azure/errors.ts';
+import { selfSignedCertificate } from '../src/testing/tls.ts';
 import { type AzureCredential, azureKekFactory, azureKeyVault } from '../src/kms/azure/index.ts';
 import {
   type AzureAppRegistration,
@@ -280,31 +281,9 @@ describe('Azure Key Vault KEK: credentials, rotation, configuration', () => {
   });
 
   it('an EC (P-256) certificate: @azure/identity cannot sign with it, so the KEK refuses it up front', async () => {
-    const keyFile = join(dir, 'ec-key.pem');
-    const certFile = join(dir, 'ec-cert.pem');
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:prime256v1',
-        '-nodes',
-        '-keyout',
-        keyFile,
-        '-out',
-        certFile,
-        '-days',
-        '1',
-        '-subj',
-        '/CN=platform-ec',
-      ],
-      { stdio: 'ignore' },
-    );
-    const certPem = readFileSync(certFile, 'utf8');
-    const pem = `${readFileSync(keyFile, 'utf8')}${certPem}`;
+    // The local servers' own certificate maker: an EC P-256 key and a self-signed certificate.
+    const { certPem, keyPem } = selfSignedCertificate('platform-ec');
+    const pem = `${keyPem}${certPem}`;
     az.addAppCertificate(app.clientId, certPem);
     // the SDK itself: no token from an EC certificate (client assertions are RS256 / PS256)
     const sdk = new ClientCertificateCredential(
