@@ -88,6 +88,104 @@ describe('column path with cached keys', () => {
     );
   });
 
+  it('within one query (one clock reading, the hot path), reads refuse exactly what a fresh query refuses', () => {
+    // One keyring of its own, so evictions and restores here do not touch the other tests' keys.
+    const kr = createKeyring({
+      db: drizzle.mock(),
+      platformKek: localKek({ key: randomBytes(32) }),
+      cache: { maxAgeMs: 3_600_000 },
+    });
+    const who = ['t1', 't2', 't3'];
+    const raw = new Map(who.map((w) => [w, randomBytes(32)]));
+    const idOf = new Map(who.map((w) => [w, randomUUID()]));
+    const restore = (w: string) => {
+      const id = idOf.get(w)!;
+      keysOf(kr).cache.put(id, uuidToBytes(id), w, 1, Buffer.from(raw.get(w)!), true);
+    };
+    for (const w of who) restore(w);
+    const b: BuildContext = { keyring: kr, rowTenants: [], cursor: 0 };
+    const wr = (w: string, value: string) =>
+      inBuildContext(b, () =>
+        scopeStorage.run({ tenantId: w }, () => t.name.mapToDriverValue(value)),
+      ) as Buffer;
+    const op = fc.oneof(
+      fc.record({
+        kind: fc.constant('read' as const),
+        writer: fc.constantFrom(...who),
+        value: fc.string({ maxLength: 40 }),
+        flip: fc.option(fc.nat(), { nil: undefined }),
+        asText: fc.boolean(),
+      }),
+      fc.record({ kind: fc.constant('evict' as const), tenant: fc.constantFrom(...who) }),
+      fc.record({ kind: fc.constant('restore' as const), tenant: fc.constantFrom(...who) }),
+    );
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...who, null),
+        fc.array(op, { minLength: 1, maxLength: 40 }),
+        (reader, ops) => {
+          for (const w of who) restore(w);
+          // Written first, while every key is cached (a write with an evicted key would wait for a load).
+          const written = ops.map((o) => (o.kind === 'read' ? wr(o.writer, o.value) : undefined));
+          const evicted = new Set<string>();
+          const q: QueryContext = {
+            keyring: kr,
+            tenantId: reader,
+            scoped: true,
+            pending: [],
+            now: Date.now(),
+          };
+          for (const [i, o] of ops.entries()) {
+            if (o.kind === 'evict') {
+              keysOf(kr).cache.evictTenant(o.tenant);
+              evicted.add(o.tenant);
+              continue;
+            }
+            if (o.kind === 'restore') {
+              restore(o.tenant);
+              evicted.delete(o.tenant);
+              continue;
+            }
+            let stored: Buffer | string = written[i]!;
+            let flippedId = false;
+            if (o.flip !== undefined) {
+              const bad = Buffer.from(stored);
+              const bit = o.flip % (bad.length * 8);
+              bad[bit >> 3]! ^= 1 << (bit & 7);
+              flippedId = bit >> 3 >= 2 && bit >> 3 < 18;
+              stored = bad;
+            }
+            // A bytea envelope handed over as text is not ciphertext for a bytea column: refused.
+            if (o.asText) stored = stored.toString('latin1');
+            let got: unknown;
+            let threw: unknown;
+            try {
+              got = scopeStorage.run(q, () => t.name.mapFromDriverValue(stored));
+            } catch (e) {
+              threw = e;
+            }
+            if (threw !== undefined) {
+              expect(threw).toBeInstanceOf(DecryptionFailedError);
+              // Refused only for a reason: a flip, bytes as text, another tenant's key (when cached).
+              expect(o.flip !== undefined || o.asText || (reader !== null && reader !== o.writer)).toBe(true);
+              continue;
+            }
+            expect(o.asText).toBe(false);
+            if (evicted.has(o.writer) || flippedId) {
+              // Not cached (evicted, or an id no key has): never a value, the read waits for a load.
+              expect(typeof got).not.toBe('string');
+            } else {
+              expect(o.flip).toBeUndefined();
+              expect(reader === null || reader === o.writer).toBe(true);
+              expect(got).toBe(o.value);
+            }
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
   it('an evicted key is not served from the column memo: the read waits for a load instead', () => {
     const tenant = 'hooli';
     const id = randomUUID();
