@@ -6,14 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 orm="${BYOK_DRIZZLE044_ORM:-0.44.7}"
-leg="$(mktemp -d /tmp/byok-drizzle044.XXXXXX)"
-trap 'rm -rf "$leg"' EXIT
-git ls-files -z | xargs -0 cp --parents -t "$leg"
-cp -a node_modules "$leg/"
-cd "$leg"
-npm install --no-save --no-fund --no-audit --loglevel=error "drizzle-orm@$orm"
-ver() { node -e "process.stdout.write(JSON.parse(require('fs').readFileSync('node_modules/$1/package.json','utf8')).version)"; }
-echo "ci: drizzle 0.44 check: drizzle-orm $(ver drizzle-orm), drizzle-kit $(ver drizzle-kit)"
+. .ci/clean-copy.sh
+clean_copy "drizzle 0.44 check" "drizzle-orm@$orm"
 npx tsc -p tsconfig.json --noEmit
 npx vitest run test/integration.test.ts test/guard.test.ts test/guard-property.test.ts \
   test/tenant-isolation.test.ts test/blind-index.test.ts test/chunks.test.ts test/drizzle-support.test.ts

@@ -9,14 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 orm="${BYOK_DRIZZLE1_ORM:-1.0.0-rc.5}"
 kit="${BYOK_DRIZZLE1_KIT:-1.0.0-rc.5}"
-leg="$(mktemp -d /tmp/byok-drizzle1.XXXXXX)"
-trap 'rm -rf "$leg"' EXIT
-git ls-files -z | xargs -0 cp --parents -t "$leg"
-cp -a node_modules "$leg/"
-cd "$leg"
-npm install --no-save --no-fund --no-audit --loglevel=error "drizzle-orm@$orm" "drizzle-kit@$kit"
-ver() { node -e "process.stdout.write(JSON.parse(require('fs').readFileSync('node_modules/$1/package.json','utf8')).version)"; }
-echo "ci: drizzle 1.0 leg: drizzle-orm $(ver drizzle-orm), drizzle-kit $(ver drizzle-kit)"
+. .ci/clean-copy.sh
+clean_copy "drizzle 1.0 leg" "drizzle-orm@$orm" "drizzle-kit@$kit"
 npx tsc -p tsconfig.json --noEmit
 npm run build --silent
 BYOK_TEST_EXCLUDE=test/packed-app.test.ts npx vitest run
