@@ -1,6 +1,6 @@
 import { is, SQL, type Table } from 'drizzle-orm';
 import { customType, type PgColumn } from 'drizzle-orm/pg-core';
-import { type FieldKey, idEquals, open, seal } from '../crypto/aead.ts';
+import { type FieldKey, idEquals, open, openChecked, seal } from '../crypto/aead.ts';
 import {
   bigintCodec,
   booleanCodec,
@@ -271,7 +271,7 @@ function fromDriver(this: PgColumn, value: unknown): unknown {
       q.keyring.countHotHit();
       let pt: Buffer;
       try {
-        pt = open(m.fk, value);
+        pt = openChecked(m.fk, value);
       } catch (cause) {
         throw new DecryptionFailedError({ column: state.label, tenantId: e.tenantId, cause });
       }
