@@ -3,6 +3,7 @@ import { inspect } from 'node:util';
 import { DecryptCommand, DescribeKeyCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
 import type { KeyMetadata } from '@aws-sdk/client-kms';
 import { ByokConfigError, KmsIntegrityError } from '../../errors.ts';
+import { checkContext } from '../binding.ts';
 import type { Kek, KekConfig, KeyDescription, WrapContext, WrapResult } from '../kek.ts';
 import { canNameAwsKey } from './arn.ts';
 import {
@@ -343,12 +344,7 @@ export class AwsKmsKek implements Kek {
   }
 
   #context(context: WrapContext): Record<string, string> {
-    if (typeof context?.tenantId !== 'string' || context.tenantId === '') {
-      throw new ByokConfigError('awsKms: context.tenantId must be a non-empty string');
-    }
-    if (typeof context.dekId !== 'string' || context.dekId === '') {
-      throw new ByokConfigError('awsKms: context.dekId must be a non-empty string');
-    }
+    checkContext(context, 'awsKms');
     return {
       [AWS_ENCRYPTION_CONTEXT_KEYS.tenant]: context.tenantId,
       [AWS_ENCRYPTION_CONTEXT_KEYS.dek]: context.dekId,

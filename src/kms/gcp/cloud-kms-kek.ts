@@ -2,6 +2,7 @@
 import { inspect } from 'node:util';
 import type { CallOptions } from 'google-gax';
 import { ByokConfigError, KmsIntegrityError } from '../../errors.ts';
+import { checkContext } from '../binding.ts';
 import type { Kek, KekConfig, KeyDescription, WrapContext, WrapResult } from '../kek.ts';
 import { backoffDelayMs, sleep } from '../retry.ts';
 import { type Connection, createConnection } from './connection.ts';
@@ -309,12 +310,7 @@ export class GcpKmsKek implements Kek {
   }
 
   #aad(context: WrapContext): Uint8Array {
-    if (typeof context?.tenantId !== 'string' || context.tenantId === '') {
-      throw new ByokConfigError('gcpKms: context.tenantId must be a non-empty string');
-    }
-    if (typeof context.dekId !== 'string' || context.dekId === '') {
-      throw new ByokConfigError('gcpKms: context.dekId must be a non-empty string');
-    }
+    checkContext(context, 'gcpKms');
     return gcpAdditionalAuthenticatedData(context);
   }
 

@@ -3,6 +3,7 @@
  * and byte fields, enum names for clients that answer with numbers, timestamps.
  */
 import { crc32c } from '../../crypto/crc32c.ts';
+import { bindingBytes } from '../binding.ts';
 import type { WrapContext } from '../kek.ts';
 import type { GcpInt64ValueLike } from './options.ts';
 
@@ -15,17 +16,11 @@ export function gcpCrc32c(data: Uint8Array): number {
  * The `additionalAuthenticatedData` bound to a wrapped DEK: the UTF-8 bytes of
  * `drizzle-byok/v1 tenant=<n>:<tenantId> dek=<m>:<dekId>`, where `<n>` and `<m>` are the decimal
  * UTF-8 byte lengths of the ids (so no two contexts share an encoding). With it a wrapped DEK can be
- * unwrapped by hand, e.g. `gcloud kms decrypt --additional-authenticated-data-file`.
+ * unwrapped by hand, e.g. `gcloud kms decrypt --additional-authenticated-data-file`. The same bytes
+ * as the Vault Transit and Managed HSM binding (`binding.ts`).
  */
 export function gcpAdditionalAuthenticatedData(context: WrapContext): Uint8Array {
-  const tenant = Buffer.from(context.tenantId, 'utf8');
-  const dek = Buffer.from(context.dekId, 'utf8');
-  return Buffer.concat([
-    Buffer.from(`drizzle-byok/v1 tenant=${tenant.length}:`, 'utf8'),
-    tenant,
-    Buffer.from(` dek=${dek.length}:`, 'utf8'),
-    dek,
-  ]);
+  return bindingBytes(context);
 }
 
 /** A bytes field as the client returns it (bytes, or base64 text in REST mode). */
