@@ -37,8 +37,8 @@ export default defineConfig({
   entry: {
     index: 'src/index.ts',
     schema: 'src/schema.ts',
-    aws: 'src/kms/aws.ts',
-    gcp: 'src/kms/gcp.ts',
+    aws: 'src/kms/aws/index.ts',
+    gcp: 'src/kms/gcp/index.ts',
     azure: 'src/kms/azure/index.ts',
     vault: 'src/kms/vault/index.ts',
     testing: 'src/testing/index.ts',

@@ -15,7 +15,7 @@ import { integer, pgTable, text } from 'drizzle-orm/pg-core';
 import { drizzle } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
 import { createKeyring, encrypted, type Keyring, withEncryption } from '../src/index.ts';
-import { awsKms } from '../src/kms/aws.ts';
+import { awsKms } from '../src/kms/aws/index.ts';
 import { startKmsProcess } from './kms-process.ts';
 import {
   type BenchContext,

@@ -46,7 +46,7 @@ import {
   awsKms,
   createAwsKekFactory,
   parseAwsKmsKeyArn,
-} from '../src/kms/aws.ts';
+} from '../src/kms/aws/index.ts';
 import type { Kek } from '../src/kms/kek.ts';
 import {
   type AwsKmsKeyInfo,

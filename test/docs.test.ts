@@ -12,8 +12,8 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const ENTRY_POINTS: Record<string, string> = {
   'drizzle-byok': 'src/index.ts',
   'drizzle-byok/schema': 'src/schema.ts',
-  'drizzle-byok/aws': 'src/kms/aws.ts',
-  'drizzle-byok/gcp': 'src/kms/gcp.ts',
+  'drizzle-byok/aws': 'src/kms/aws/index.ts',
+  'drizzle-byok/gcp': 'src/kms/gcp/index.ts',
   'drizzle-byok/azure': 'src/kms/azure/index.ts',
   'drizzle-byok/vault': 'src/kms/vault/index.ts',
   'drizzle-byok/testing': 'src/testing/index.ts',

@@ -23,7 +23,7 @@ import {
   verifyBackfill,
   withEncryption,
 } from '../src/index.ts';
-import { awsKekFactory, awsKms } from '../src/kms/aws.ts';
+import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
 import { cliMessage } from '../src/cli/speak.ts';
 import { type AwsKmsServer, startAwsKmsServer } from '../src/testing/index.ts';
 import {

@@ -33,7 +33,7 @@ import {
   gcpKekFactory,
   gcpKms,
   parseGcpKeyName,
-} from '../src/kms/gcp.ts';
+} from '../src/kms/gcp/index.ts';
 import {
   crc32c,
   type GcpCorruptibleField,

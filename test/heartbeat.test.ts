@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ByokEvent, ByokConfigError, localKek, withTenant } from '../src/index.ts';
-import { awsKekFactory, awsKms } from '../src/kms/aws.ts';
-import { gcpKekFactory, gcpKms } from '../src/kms/gcp.ts';
+import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
+import { gcpKekFactory, gcpKms } from '../src/kms/gcp/index.ts';
 import { startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
 import {
   type AwsKmsServer,

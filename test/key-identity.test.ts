@@ -26,8 +26,8 @@ import {
   withTenant,
 } from '../src/index.ts';
 import { migrationStatements } from '../src/store/migrations.ts';
-import { awsKekFactory, awsKms } from '../src/kms/aws.ts';
-import { gcpKekFactory, gcpKms } from '../src/kms/gcp.ts';
+import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
+import { gcpKekFactory, gcpKms } from '../src/kms/gcp/index.ts';
 import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws-kms-server.ts';
 import { type GcpKmsServer, startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
 import { MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';

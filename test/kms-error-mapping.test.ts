@@ -18,8 +18,8 @@ import {
   KmsThrottledError,
   KmsUnavailableError,
 } from '../src/errors.ts';
-import { awsKms } from '../src/kms/aws.ts';
-import { gcpKms } from '../src/kms/gcp.ts';
+import { awsKms } from '../src/kms/aws/index.ts';
+import { gcpKms } from '../src/kms/gcp/index.ts';
 import { startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
 
 interface Answer {

@@ -93,7 +93,7 @@ describe('dependency rules on a copy of src/ with deliberate violations', () => 
     // An SDK outside its folder, and one provider's SDK in another provider's files.
     'src/keys/uses-aws-sdk.ts':
       "import { KMSClient } from '@aws-sdk/client-kms';\nexport const C = KMSClient;\n",
-    'src/kms/aws-with-gax.ts': "import { GoogleError } from 'google-gax';\nexport const E = GoogleError;\n",
+    'src/kms/aws/with-gax.ts': "import { GoogleError } from 'google-gax';\nexport const E = GoogleError;\n",
     'src/testing/vault/uses-azure.ts':
       "import { KeyClient } from '@azure/keyvault-keys';\nexport const K = KeyClient;\n",
     // The test servers are imported by nothing outside src/testing/, and import no CLI.
@@ -114,7 +114,7 @@ describe('dependency rules on a copy of src/ with deliberate violations', () => 
     'layer-keys: src/keys/uses-drizzle.ts -> src/drizzle/columns.ts',
     'no-circular: src/keys/cycle-a.ts <-> src/keys/cycle-b.ts',
     'sdk-aws: src/keys/uses-aws-sdk.ts -> node_modules/@aws-sdk/client-kms',
-    'sdk-gcp: src/kms/aws-with-gax.ts -> node_modules/google-gax',
+    'sdk-gcp: src/kms/aws/with-gax.ts -> node_modules/google-gax',
     'sdk-azure: src/testing/vault/uses-azure.ts -> node_modules/@azure/keyvault-keys',
     'testing-is-a-leaf: src/drizzle/uses-testing.ts -> src/testing/aws.ts',
     'testing-not-cli: src/testing/uses-cli.ts -> src/cli/config.ts',

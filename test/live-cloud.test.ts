@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { awsKms } from '../src/kms/aws.ts';
-import { gcpKms } from '../src/kms/gcp.ts';
+import { awsKms } from '../src/kms/aws/index.ts';
+import { gcpKms } from '../src/kms/gcp/index.ts';
 import type { Kek } from '../src/kms/kek.ts';
 
 /**

@@ -17,7 +17,7 @@ import {
   localKek,
   withTenant,
 } from '../src/index.ts';
-import { type AwsKmsOptions, awsKekFactory, awsKms } from '../src/kms/aws.ts';
+import { type AwsKmsOptions, awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
 import {
   type AwsKmsServer,
   type IamRole,

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ByokError, KeyDisabledError, KeyUsageError, localKek, verifyKek } from '../src/index.ts';
-import { awsKekFactory, awsKms } from '../src/kms/aws.ts';
+import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
 import { azureKekFactory, azureKeyVault } from '../src/kms/azure/index.ts';
 import { vaultKekFactory, vaultTransit } from '../src/kms/vault/index.ts';
 import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws-kms-server.ts';

@@ -27,7 +27,7 @@ import {
   verifyBackfill,
   withEncryption,
 } from '../../src/index.ts';
-import { awsKekFactory, awsKms } from '../../src/kms/aws.ts';
+import { awsKekFactory, awsKms } from '../../src/kms/aws/index.ts';
 import { startAwsKmsServer } from '../../src/testing/index.ts';
 
 const notes = pgTable('notes', {

@@ -9,7 +9,7 @@
 import { drizzle } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { createKeyring, defineConfig, localKek } from '../../src/index.ts';
-import { awsKekFactory } from '../../src/kms/aws.ts';
+import { awsKekFactory } from '../../src/kms/aws/index.ts';
 import { retrofitTables } from './schema.ts';
 
 export default defineConfig({

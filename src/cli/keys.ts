@@ -221,7 +221,7 @@ async function keksFromFlags(f: Flags, loaded: LoadedConfig, tenant: string): Pr
     return out;
   }
   if (aws.length > 0) {
-    const { awsKms } = await import('../kms/aws.ts');
+    const { awsKms } = await import('../kms/aws/index.ts');
     const roleArn = f['aws-role-arn'] as string | undefined;
     let externalId = f['external-id'] as string | undefined;
     if (roleArn === undefined && externalId !== undefined) {
@@ -247,7 +247,7 @@ async function keksFromFlags(f: Flags, loaded: LoadedConfig, tenant: string): Pr
     );
   }
   if (gcp.length > 0) {
-    const { gcpKms } = await import('../kms/gcp.ts');
+    const { gcpKms } = await import('../kms/gcp/index.ts');
     const endpoint = f['gcp-endpoint'] as string | undefined;
     let host: string | undefined;
     let port: number | undefined;

@@ -3,7 +3,8 @@ import type { WrapContext } from './kek.ts';
 
 /**
  * The bytes that bind a wrapped data key to its tenant and DEK record, for key managers that take
- * associated data (Vault Transit `associated_data` / `context`, Azure Managed HSM AES-GCM):
+ * associated data (Vault Transit `associated_data` / `context`, Azure Managed HSM AES-GCM, Cloud KMS
+ * `additionalAuthenticatedData`):
  * `drizzle-byok/v1 tenant=<n>:<tenantId> dek=<n>:<dekId>` with byte lengths, so no two contexts
  * share an encoding.
  */

@@ -13,9 +13,9 @@ import {
   KeyAccessDeniedError,
   KeyDisabledError,
 } from '../../src/index.ts';
-import { awsKekFactory, awsKms } from '../../src/kms/aws.ts';
+import { awsKekFactory, awsKms } from '../../src/kms/aws/index.ts';
 import { azureKekFactory, azureKeyVault } from '../../src/kms/azure/index.ts';
-import { gcpKekFactory, gcpKms } from '../../src/kms/gcp.ts';
+import { gcpKekFactory, gcpKms } from '../../src/kms/gcp/index.ts';
 import { vaultKekFactory, vaultTransit } from '../../src/kms/vault/index.ts';
 import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../../src/testing/aws-kms-server.ts';
 import {

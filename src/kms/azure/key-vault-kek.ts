@@ -13,6 +13,7 @@ import { CryptographyClient, KeyClient, type KeyVaultKey } from '@azure/keyvault
 import { ByokConfigError, KmsIntegrityError } from '../../errors.ts';
 import { bindingBytes, checkContext } from '../binding.ts';
 import type { Kek, KekConfig, KeyDescription, WrapContext, WrapResult } from '../kek.ts';
+import { backoffDelayMs, sleep } from '../retry.ts';
 import { azureCredential, describeAzureCredential, pipelineOptions } from './credential.ts';
 import { azureRetryable, mapAzureError, type AzureOperation } from './errors.ts';
 import {
@@ -25,7 +26,6 @@ import {
 const DEK_BYTES = 32;
 const PAYLOAD_BYTES = DEK_BYTES + 32;
 const MAX_WRAPPED_BYTES = 1024;
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 function bindingDigest(context: WrapContext): Buffer {
   return createHash('sha256').update(bindingBytes(context)).digest();
@@ -279,8 +279,7 @@ export class AzureKeyVaultKek implements Kek {
     let attempts = 0;
     for (let i = 0; i <= this.#o.retries; i++) {
       if (i > 0) {
-        const base = Math.min(2000, 100 * 2 ** (i - 1));
-        await sleep(base / 2 + Math.random() * (base / 2));
+        await sleep(backoffDelayMs(i, 100));
       }
       attempts++;
       try {

@@ -9,6 +9,7 @@ import { inspect } from 'node:util';
 import { ByokConfigError, KmsIntegrityError } from '../../errors.ts';
 import { bindingBytes, checkContext } from '../binding.ts';
 import type { Kek, KekConfig, KeyDescription, WrapContext, WrapResult } from '../kek.ts';
+import { backoffDelayMs, sleep } from '../retry.ts';
 import { describeVaultAuth, VaultTokenSource } from './auth.ts';
 import { mapVaultError, type VaultOperation, VaultIntegrityFailure, vaultRetryable } from './errors.ts';
 import { type VaultBody, VaultHttpError, vaultRequest } from './http.ts';
@@ -22,12 +23,10 @@ import {
 
 const DEK_BYTES = 32;
 const MAX_WRAPPED_BYTES = 4096;
-const MAX_RETRY_DELAY_MS = 2000;
 const CIPHERTEXT_RE = /^vault:v([1-9]\d{0,9}):[A-Za-z0-9+/]+={0,2}$/;
 /** Transit key types that take associated data (AEAD). */
 const AEAD_TYPES = new Set(['aes256-gcm96', 'aes128-gcm96', 'chacha20-poly1305']);
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
 
 /**
@@ -282,9 +281,8 @@ export class VaultTransitKek implements Kek {
     let relogged = false;
     for (let i = 0; i <= o.retries; i++) {
       if (i > 0) {
-        const base = Math.min(MAX_RETRY_DELAY_MS, o.retryDelayMs * 2 ** (i - 1));
         const ra = last instanceof VaultHttpError ? last.retryAfterMs : undefined;
-        await sleep(ra ?? base / 2 + Math.random() * (base / 2));
+        await sleep(ra ?? backoffDelayMs(i, o.retryDelayMs));
       }
       attempts++;
       let token: string | undefined;
