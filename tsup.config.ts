@@ -42,7 +42,7 @@ export default defineConfig({
     azure: 'src/kms/azure/index.ts',
     vault: 'src/kms/vault/index.ts',
     testing: 'src/testing/index.ts',
-    'testing/aws': 'src/testing/aws.ts',
+    'testing/aws': 'src/testing/aws/index.ts',
     'testing/gcp': 'src/testing/gcp.ts',
     'testing/azure': 'src/testing/azure/index.ts',
     'testing/vault': 'src/testing/vault/index.ts',

@@ -18,7 +18,7 @@ import {
   type IamUser,
   type PolicyDocument,
   startAwsKmsServer,
-} from '../src/testing/aws-kms-server.ts';
+} from '../src/testing/aws/index.ts';
 import { keysOf } from '../src/keys/keyring.ts';
 import { DATABASE_URL, MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';

@@ -17,7 +17,7 @@ import { awsKekFactory, awsKms } from '../../src/kms/aws.ts';
 import { azureKekFactory, azureKeyVault } from '../../src/kms/azure/index.ts';
 import { gcpKekFactory, gcpKms } from '../../src/kms/gcp.ts';
 import { vaultKekFactory, vaultTransit } from '../../src/kms/vault/index.ts';
-import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../../src/testing/aws-kms-server.ts';
+import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../../src/testing/aws/index.ts';
 import {
   type GcpKmsServer,
   type GcpServiceAccountKey,
