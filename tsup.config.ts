@@ -43,7 +43,7 @@ export default defineConfig({
     vault: 'src/kms/vault/index.ts',
     testing: 'src/testing/index.ts',
     'testing/aws': 'src/testing/aws/index.ts',
-    'testing/gcp': 'src/testing/gcp.ts',
+    'testing/gcp': 'src/testing/gcp/index.ts',
     'testing/azure': 'src/testing/azure/index.ts',
     'testing/vault': 'src/testing/vault/index.ts',
     cli: 'src/cli/main.ts',

@@ -21,7 +21,7 @@ import {
 import { awsKekFactory, awsKms } from '../src/kms/aws.ts';
 import { gcpKekFactory, gcpKms } from '../src/kms/gcp.ts';
 import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws/index.ts';
-import { type GcpKmsServer, startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
+import { type GcpKmsServer, startGcpKmsServer } from '../src/testing/gcp/index.ts';
 import { MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb, sibling } from './helpers/setup.ts';
 

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ByokEvent, ByokConfigError, localKek, withTenant } from '../src/index.ts';
 import { awsKekFactory, awsKms } from '../src/kms/aws.ts';
 import { gcpKekFactory, gcpKms } from '../src/kms/gcp.ts';
-import { startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
+import { startGcpKmsServer } from '../src/testing/gcp/index.ts';
 import {
   type AwsKmsServer,
   type IamUser,

@@ -5,6 +5,6 @@
  * the Cloud KMS and gRPC packages): import the one you need to install only its SDK.
  */
 export * from './aws/index.ts';
-export * from './gcp.ts';
+export * from './gcp/index.ts';
 export * from './vault/index.ts';
 export * from './azure/index.ts';
