@@ -149,12 +149,15 @@ export interface Session {
 
 const B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
+/** A fresh access key id: `AKIA...` for users, `ASIA...` for sessions. */
 function randomAccessKeyId(prefix: 'AKIA' | 'ASIA'): string {
   const bytes = randomBytes(16);
   let out = prefix;
   for (const b of bytes) out += B32[b % 32];
   return out;
 }
+
+// Web identity tokens: HS256 JWTs signed with their provider's secret.
 
 function base64url(data: Buffer | string): string {
   return Buffer.from(data).toString('base64url');
@@ -194,6 +197,7 @@ export function decodeJwt(token: string): DecodedJwt | undefined {
   }
 }
 
+/** The trust policy document of a role: the short form turned into statements, or the document itself. */
 function trustToPolicy(
   trust: RoleTrust | PolicyDocument,
   providers: ReadonlyMap<string, OidcProvider>,
