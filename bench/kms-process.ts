@@ -5,7 +5,7 @@
  */
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { startAwsKmsServer } from '../src/testing/aws-kms-server.ts';
+import { startAwsKmsServer } from '../src/testing/aws/index.ts';
 
 type Request =
   | { id: number; op: 'setup' }

@@ -55,7 +55,7 @@ import {
   type IamUser,
   startAwsKmsServer,
   type WebIdentityProvider,
-} from '../src/testing/aws-kms-server.ts';
+} from '../src/testing/aws/index.ts';
 
 const PLATFORM = '111122223333';
 const TENANT = '444455556666';

@@ -13,7 +13,7 @@ import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/cli/cli.ts';
 import { createKeyring, installKeyStore, type Keyring, localKek } from '../src/index.ts';
-import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws-kms-server.ts';
+import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws/index.ts';
 import { keysOf } from '../src/keys/keyring.ts';
 import { DATABASE_URL, uniqueTenant } from './helpers/db.ts';
 

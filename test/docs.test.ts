@@ -17,8 +17,8 @@ const ENTRY_POINTS: Record<string, string> = {
   'drizzle-byok/azure': 'src/kms/azure/index.ts',
   'drizzle-byok/vault': 'src/kms/vault/index.ts',
   'drizzle-byok/testing': 'src/testing/index.ts',
-  'drizzle-byok/testing/aws': 'src/testing/aws.ts',
-  'drizzle-byok/testing/gcp': 'src/testing/gcp.ts',
+  'drizzle-byok/testing/aws': 'src/testing/aws/index.ts',
+  'drizzle-byok/testing/gcp': 'src/testing/gcp/index.ts',
   'drizzle-byok/testing/azure': 'src/testing/azure/index.ts',
   'drizzle-byok/testing/vault': 'src/testing/vault/index.ts',
 };

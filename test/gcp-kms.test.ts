@@ -41,7 +41,7 @@ import {
   type GcpKmsServer,
   type GcpServiceAccountKey,
   startGcpKmsServer,
-} from '../src/testing/gcp-kms-server.ts';
+} from '../src/testing/gcp/index.ts';
 
 // -- network guard ----------------------------------------------------------------------------
 

@@ -12,13 +12,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ByokEvent, ByokConfigError, localKek, withTenant } from '../src/index.ts';
 import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
 import { gcpKekFactory, gcpKms } from '../src/kms/gcp/index.ts';
-import { startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
+import { startGcpKmsServer } from '../src/testing/gcp/index.ts';
 import {
   type AwsKmsServer,
   type IamUser,
   type PolicyDocument,
   startAwsKmsServer,
-} from '../src/testing/aws-kms-server.ts';
+} from '../src/testing/aws/index.ts';
 import { keysOf } from '../src/keys/keyring.ts';
 import { DATABASE_URL, MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';

@@ -28,8 +28,8 @@ import {
 import { migrationStatements } from '../src/store/migrations.ts';
 import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
 import { gcpKekFactory, gcpKms } from '../src/kms/gcp/index.ts';
-import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws-kms-server.ts';
-import { type GcpKmsServer, startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
+import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws/index.ts';
+import { type GcpKmsServer, startGcpKmsServer } from '../src/testing/gcp/index.ts';
 import { MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb, sibling } from './helpers/setup.ts';
 

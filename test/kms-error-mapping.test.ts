@@ -20,7 +20,7 @@ import {
 } from '../src/errors.ts';
 import { awsKms } from '../src/kms/aws/index.ts';
 import { gcpKms } from '../src/kms/gcp/index.ts';
-import { startGcpKmsServer } from '../src/testing/gcp-kms-server.ts';
+import { startGcpKmsServer } from '../src/testing/gcp/index.ts';
 
 interface Answer {
   status: number;

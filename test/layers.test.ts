@@ -98,7 +98,7 @@ describe('dependency rules on a copy of src/ with deliberate violations', () => 
       "import { KeyClient } from '@azure/keyvault-keys';\nexport const K = KeyClient;\n",
     // The test servers are imported by nothing outside src/testing/, and import no CLI.
     'src/drizzle/uses-testing.ts':
-      "import { startAwsKmsServer } from '../testing/aws.ts';\nexport const s = startAwsKmsServer;\n",
+      "import { startAwsKmsServer } from '../testing/aws/index.ts';\nexport const s = startAwsKmsServer;\n",
     'src/testing/uses-cli.ts':
       "import { defineConfig } from '../cli/config.ts';\nexport const d = defineConfig;\n",
     // Nothing imports an entry point (errors.ts importing a layer is appended below).
@@ -116,7 +116,7 @@ describe('dependency rules on a copy of src/ with deliberate violations', () => 
     'sdk-aws: src/keys/uses-aws-sdk.ts -> node_modules/@aws-sdk/client-kms',
     'sdk-gcp: src/kms/aws/with-gax.ts -> node_modules/google-gax',
     'sdk-azure: src/testing/vault/uses-azure.ts -> node_modules/@azure/keyvault-keys',
-    'testing-is-a-leaf: src/drizzle/uses-testing.ts -> src/testing/aws.ts',
+    'testing-is-a-leaf: src/drizzle/uses-testing.ts -> src/testing/aws/index.ts',
     'testing-not-cli: src/testing/uses-cli.ts -> src/cli/config.ts',
     'entry-files-not-imported: src/migrate/uses-entry.ts -> src/index.ts',
     'errors-is-a-leaf: src/errors.ts -> src/crypto/crc32c.ts',

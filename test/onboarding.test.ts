@@ -24,7 +24,7 @@ import {
   type IamUser,
   type PolicyDocument,
   startAwsKmsServer,
-} from '../src/testing/aws-kms-server.ts';
+} from '../src/testing/aws/index.ts';
 import { MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
 import { readmeBlocks } from './helpers/readme.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';

@@ -3,7 +3,7 @@ import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyNotFoundError, localKek, withTenant } from '../src/index.ts';
 import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
-import { type AwsKmsServer, startAwsKmsServer } from '../src/testing/aws-kms-server.ts';
+import { type AwsKmsServer, startAwsKmsServer } from '../src/testing/aws/index.ts';
 import { MAIN_DRIVER, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb, sibling } from './helpers/setup.ts';
 

@@ -9,7 +9,7 @@ import { type ByokError, KeyDisabledError, KeyUsageError, localKek, verifyKek } 
 import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
 import { azureKekFactory, azureKeyVault } from '../src/kms/azure/index.ts';
 import { vaultKekFactory, vaultTransit } from '../src/kms/vault/index.ts';
-import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws-kms-server.ts';
+import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../src/testing/aws/index.ts';
 import {
   type AzureAppRegistration,
   type AzureKeyVaultServer,

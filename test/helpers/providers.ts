@@ -17,12 +17,12 @@ import { awsKekFactory, awsKms } from '../../src/kms/aws/index.ts';
 import { azureKekFactory, azureKeyVault } from '../../src/kms/azure/index.ts';
 import { gcpKekFactory, gcpKms } from '../../src/kms/gcp/index.ts';
 import { vaultKekFactory, vaultTransit } from '../../src/kms/vault/index.ts';
-import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../../src/testing/aws-kms-server.ts';
+import { type AwsKmsServer, type IamUser, startAwsKmsServer } from '../../src/testing/aws/index.ts';
 import {
   type GcpKmsServer,
   type GcpServiceAccountKey,
   startGcpKmsServer,
-} from '../../src/testing/gcp-kms-server.ts';
+} from '../../src/testing/gcp/index.ts';
 import {
   type AzureAppRegistration,
   type AzureKeyVaultServer,

@@ -1,7 +1,0 @@
-/**
- * `drizzle-byok/testing/aws`: a local AWS KMS + STS server speaking the real wire protocols (JSON 1.1
- * and the STS Query protocol, SigV4 verified, key policies and role trust enforced), so the real
- * `@aws-sdk/client-kms` client and `drizzle-byok/aws` run unchanged in your tests. Node built-ins
- * only: it needs no Google Cloud or gRPC package. Loopback only.
- */
-export * from './aws-kms-server.ts';
