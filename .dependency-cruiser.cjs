@@ -41,17 +41,17 @@ const SDKS = [
   {
     name: 'aws',
     packages: '^(node_modules/)?@aws-sdk/',
-    allowed: ['^src/kms/aws/', '^src/testing/aws'],
+    allowed: ['^src/kms/aws/', '^src/testing/aws/'],
   },
   {
     name: 'gcp',
     packages: '^(node_modules/)?(@google-cloud/|google-gax(/|$)|@grpc/)',
-    allowed: ['^src/kms/gcp/', '^src/testing/gcp'],
+    allowed: ['^src/kms/gcp/', '^src/testing/gcp/'],
   },
   {
     name: 'azure',
     packages: '^(node_modules/)?@azure/',
-    allowed: ['^src/kms/azure/', '^src/testing/azure'],
+    allowed: ['^src/kms/azure/', '^src/testing/azure/'],
   },
 ];
 
