@@ -75,9 +75,9 @@ module.exports = {
     },
     {
       // Type-only cycles are erased by the compiler (`import type`, verbatimModuleSyntax), so they
-      // cost nothing at run time; they still tie two files together. Known ones: the lifecycle,
-      // heartbeat and onboarding modules take a `Keyring` that delegates to them, and a sealed
-      // placeholder names the column state of `drizzle/columns.ts`.
+      // cost nothing at run time; they still tie two files together. Known one: a sealed
+      // placeholder names the column state of `drizzle/columns.ts`. (The lifecycle, heartbeat and
+      // onboarding modules take a `KeyringContext`, declared below `keys/keyring.ts`.)
       name: 'no-circular-type-only',
       comment: 'an import cycle through a type-only import',
       severity: 'warn',

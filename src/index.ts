@@ -55,7 +55,7 @@ export {
   type TenantKekStatus,
   type TenantStatus,
   verifyKek,
-} from './keys/lifecycle.ts';
+} from './keys/lifecycle/index.ts';
 export type { Heartbeat, HeartbeatOptions, HeartbeatTick } from './keys/heartbeat.ts';
 export type {
   AwsOnboarding,
@@ -71,7 +71,7 @@ export type {
   AzureOnboarding,
   AzureOnboardingOptions,
 } from './keys/onboarding.ts';
-export type { RewrapMovedResult } from './keys/rewrap-moved.ts';
+export type { RewrapMovedResult } from './keys/lifecycle/index.ts';
 export {
   BLIND_INDEX_MIGRATION,
   installKeyStore,

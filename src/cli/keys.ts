@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { KeyNotFoundError } from '../errors.ts';
 import { assertTenantId } from '../scope.ts';
-import { verifyKek } from '../keys/lifecycle.ts';
-import type { TenantStatus } from '../keys/lifecycle.ts';
+import { verifyKek } from '../keys/lifecycle/index.ts';
+import type { TenantStatus } from '../keys/lifecycle/index.ts';
 import type { Kek } from '../kms/kek.ts';
 import { issuedExternalId } from '../keys/onboarding.ts';
 import { type Context, EXIT, type Flags, UsageError } from './context.ts';

@@ -3,7 +3,8 @@ import type { FieldKey } from '../crypto/aead.ts';
 import type { Kek } from '../kms/kek.ts';
 import type { AnyPgDatabase } from '../store/db.ts';
 import type { DekCache, DekEntry } from './cache.ts';
-import type { KekRow, Keyring } from './keyring.ts';
+import type { KeyringContext } from './context.ts';
+import type { KekRow } from './key-store.ts';
 
 /**
  * The key material side of a keyring, for the library's own modules (middleware, migrate, blind
@@ -42,7 +43,7 @@ export interface KeyAccess {
   ): Promise<DekEntry>;
 }
 
-let access: ((k: Keyring) => KeyAccess) | undefined;
+let access: ((k: KeyringContext) => KeyAccess) | undefined;
 
 /**
  * Installs the accessor of a keyring's key access. Called once, by the `Keyring` class's static
@@ -50,13 +51,13 @@ let access: ((k: Keyring) => KeyAccess) | undefined;
  * replaced. In its own module so that the key lifecycle, the heartbeat and the Drizzle layer reach a
  * keyring's keys without importing `keyring.ts`, which imports them.
  */
-export function setKeyAccess(fn: (k: Keyring) => KeyAccess): void {
+export function setKeyAccess(fn: (k: KeyringContext) => KeyAccess): void {
   if (access !== undefined) throw new TypeError('the keyring key access is already installed');
   access = fn;
 }
 
 /** The key access of a keyring (library-internal). */
-export function keysOf(keyring: Keyring): KeyAccess {
+export function keysOf(keyring: KeyringContext): KeyAccess {
   if (access === undefined) throw new TypeError('not a keyring made by createKeyring');
   return access(keyring);
 }

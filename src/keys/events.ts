@@ -64,3 +64,33 @@ export type ByokEvent =
     };
 
 export type ByokEventListener = (event: ByokEvent) => void;
+
+/** A keyring's event listeners. */
+export class EventHub {
+  readonly #listeners = new Set<ByokEventListener>();
+
+  /** Subscribes; returns an unsubscribe function. */
+  add(listener: ByokEventListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Calls every listener; a listener that throws is skipped (listeners must not break queries). */
+  emit(event: ByokEvent): void {
+    for (const l of this.#listeners) {
+      try {
+        l(event);
+      } catch {
+        // listeners must not break queries
+      }
+    }
+  }
+}
+
+/** The counters behind `keyring.stats()`, shared by the keyring's parts. */
+export interface KeyringCounters {
+  hotHits: number;
+  unwraps: number;
+  batches: number;
+  created: number;
+}

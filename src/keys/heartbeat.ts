@@ -37,7 +37,7 @@ import { unwrapIdentified } from './identity.ts';
 import { dekMaterial } from './cache.ts';
 import { asPgDb } from '../store/db.ts';
 import { keysOf } from './access.ts';
-import type { Keyring } from './keyring.ts';
+import type { KeyringContext } from './context.ts';
 import { mapLimit } from './map-limit.ts';
 import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
 
@@ -98,7 +98,7 @@ function checkOptions(o: HeartbeatOptions): Required<HeartbeatOptions> {
 }
 
 /** Starts a heartbeat on a keyring (see `Keyring.startHeartbeat`). */
-export function startHeartbeat(keyring: Keyring, options: HeartbeatOptions = {}): Heartbeat {
+export function startHeartbeat(keyring: KeyringContext, options: HeartbeatOptions = {}): Heartbeat {
   const o = checkOptions(options);
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
@@ -139,7 +139,7 @@ export function startHeartbeat(keyring: Keyring, options: HeartbeatOptions = {})
   };
 }
 
-async function runTick(keyring: Keyring, concurrency: number): Promise<HeartbeatTick> {
+async function runTick(keyring: KeyringContext, concurrency: number): Promise<HeartbeatTick> {
   const started = performance.now();
   const watched = new Set([...keysOf(keyring).cache.tenants(), ...keyring.watchedTenants]);
   const empty: HeartbeatTick = { tenants: 0, kmsCalls: 0, refused: [], recovered: [], unreachable: [] };

@@ -35,7 +35,7 @@ import {
   vaultArtifacts,
 } from './onboarding-vault.ts';
 import { asPgDb } from '../store/db.ts';
-import type { Keyring } from './keyring.ts';
+import type { KeyringContext } from './context.ts';
 import { byokTenants } from './schema.ts';
 
 export interface AwsOnboardingOptions {
@@ -456,7 +456,7 @@ function validate(o: OnboardingOptions): OnboardingOptions {
 
 /** Generates (or re-reads) the tenant's external id, stores the onboarding record, returns the artifacts. */
 export async function onboarding(
-  keyring: Keyring,
+  keyring: KeyringContext,
   tenantId: string,
   options: OnboardingOptions,
 ): Promise<Onboarding> {
@@ -491,7 +491,7 @@ export async function onboarding(
 }
 
 /** The external id issued to a tenant by `onboarding`, if any. */
-export async function issuedExternalId(keyring: Keyring, tenantId: string): Promise<string | null> {
+export async function issuedExternalId(keyring: KeyringContext, tenantId: string): Promise<string | null> {
   const [row] = await scopeStorage.exit(() =>
     keyring.db
       .select({ externalId: byokOnboarding.externalId })
@@ -514,7 +514,7 @@ function externalIdsOf(auth: unknown): string[] {
  * assumes a role must pass exactly that one as the outermost (tenant-side) role's external id.
  */
 export async function checkIssuedExternalId(
-  keyring: Keyring,
+  keyring: KeyringContext,
   tenantId: string,
   keks: readonly Kek[],
 ): Promise<void> {

@@ -13,15 +13,17 @@
  * Data is never re-encrypted. A process killed in the middle leaves every wrap as it was.
  */
 import { and, eq, ne } from 'drizzle-orm';
-import { assertTenantId, scopeStorage } from '../scope.ts';
-import { ByokConfigError, isByokError } from '../errors.ts';
-import { wrapIdentified } from './identity.ts';
-import { dekMaterial } from './cache.ts';
-import { type AnyPgDatabase, asPgDb } from '../store/db.ts';
-import { keysOf } from './access.ts';
-import type { Keyring } from './keyring.ts';
-import { type LifecycleOptions, lockTenant, status, type TenantStatus, verifyKek } from './lifecycle.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
+import { assertTenantId, scopeStorage } from '../../scope.ts';
+import { ByokConfigError, isByokError } from '../../errors.ts';
+import { wrapIdentified } from '../identity.ts';
+import { dekMaterial } from '../cache.ts';
+import { type AnyPgDatabase, asPgDb } from '../../store/db.ts';
+import { keysOf } from '../access.ts';
+import type { KeyringContext } from '../context.ts';
+import { type LifecycleOptions, lockTenant, type TenantStatus } from './common.ts';
+import { status } from './status.ts';
+import { verifyKek } from './verify.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../schema.ts';
 
 export interface RewrapMovedResult {
   readonly tenantId: string;
@@ -31,7 +33,7 @@ export interface RewrapMovedResult {
 }
 
 export async function rewrapMovedKeys(
-  keyring: Keyring,
+  keyring: KeyringContext,
   tenantId: string,
   options: LifecycleOptions = {},
 ): Promise<RewrapMovedResult> {
