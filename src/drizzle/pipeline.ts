@@ -1,4 +1,4 @@
-import { Column, is, Param, SQL, StringChunk } from 'drizzle-orm';
+import { Column, is, Name, Param, Placeholder, SQL, StringChunk, Table } from 'drizzle-orm';
 import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import type { BuildContext } from './columns.ts';
 import { nestedSql } from './sql-walk.ts';
@@ -108,18 +108,18 @@ export interface ExecutionHooks {
  * buffers) are skipped.
  */
 export function walkSql(root: SQL, visitors: readonly SqlVisitor[]): void {
-  const onSql: ((node: SQL) => void)[] = [];
-  const onArray: ((chunks: readonly unknown[]) => void)[] = [];
+  let onSql = false;
+  let onArray = false;
   for (const v of visitors) {
-    if (v.sql !== undefined) onSql.push(v.sql.bind(v));
-    if (v.array !== undefined) onArray.push(v.array.bind(v));
+    if (v.sql !== undefined) onSql = true;
+    if (v.array !== undefined) onArray = true;
   }
-  if (onSql.length === 0 && onArray.length === 0) return;
-  const seen = new Set<SQL>();
+  if (!onSql && !onArray) return;
+  const seen = onSql ? new Set<SQL>() : undefined;
   const visitSql = (s: SQL): void => {
-    if (!seen.has(s)) {
+    if (seen !== undefined && !seen.has(s)) {
       seen.add(s);
-      for (const f of onSql) f(s);
+      for (const v of visitors) v.sql?.(s);
     }
     visitChunks(s.queryChunks);
   };
@@ -127,11 +127,23 @@ export function walkSql(root: SQL, visitors: readonly SqlVisitor[]): void {
     for (let i = 0; i < chunks.length; i++) {
       const c = chunks[i];
       if (c === null || typeof c !== 'object' || c instanceof StringChunk) continue;
-      // Fast paths: the common leaves that hold no SQL.
-      if (c instanceof Param || ArrayBuffer.isView(c) || c instanceof Date) continue;
-      if (c instanceof SQL) visitSql(c);
-      else if (Array.isArray(c)) {
-        for (const f of onArray) f(c);
+      // Fast paths: the common chunks, by `instanceof` (drizzle's `is` below covers other installs).
+      if (c instanceof SQL) {
+        visitSql(c);
+        continue;
+      }
+      if (
+        c instanceof Param ||
+        c instanceof Column ||
+        c instanceof Table ||
+        c instanceof Name ||
+        c instanceof Placeholder ||
+        ArrayBuffer.isView(c) ||
+        c instanceof Date
+      )
+        continue;
+      if (Array.isArray(c)) {
+        if (onArray) for (const v of visitors) v.array?.(c);
         visitChunks(c);
       } else if (is(c, SQL)) visitSql(c as SQL);
       else if (!is(c, Column)) {
