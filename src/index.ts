@@ -3,7 +3,7 @@
  * tenant's own KMS key (BYOK) or the platform's key.
  */
 export { type EncryptedColumnOptions, encrypted, type ReadMode } from './drizzle/columns.ts';
-export { withEncryption, type WithEncryptionOptions } from './drizzle/middleware.ts';
+export { withEncryption, type WithEncryptionOptions } from './blind/with-encryption.ts';
 export type { BlindNormalize } from './crypto/blind-hmac.ts';
 export {
   BlindIndexUniqueViolationError,
@@ -12,8 +12,8 @@ export {
   blindIndexValues,
   findByBlindIndex,
   matches,
-} from './drizzle/blind-index.ts';
-export { type BlindIndexConfig, configureBlindIndexes } from './drizzle/blind-keys.ts';
+} from './blind/index.ts';
+export { type BlindIndexConfig, configureBlindIndexes } from './blind/keys.ts';
 export {
   type BackfillReport,
   type BlindIndexStatus,
@@ -24,7 +24,7 @@ export {
   type RotationEvent,
   type RotationReport,
   rotateBlindIndex,
-} from './drizzle/blind-reindex.ts';
+} from './blind/reindex.ts';
 export { rawCiphertext, restoreCiphertext } from './drizzle/guard.ts';
 export { decryptRows } from './drizzle/raw.ts';
 export { type CiphertextBinding, reencrypt } from './drizzle/reencrypt.ts';

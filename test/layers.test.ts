@@ -82,6 +82,12 @@ describe('dependency rules on a copy of src/ with deliberate violations', () => 
     // keys/ sits below drizzle/ (type-only imports count too).
     'src/keys/uses-drizzle.ts':
       "import type { ReadMode } from '../drizzle/columns.ts';\nexport type Mode = ReadMode;\n",
+    // drizzle/ sits below blind/: the core knows no plugin of the layer above.
+    'src/drizzle/uses-blind.ts':
+      "import { blindIndexPlugin } from '../blind/plugin.ts';\nexport const p = blindIndexPlugin;\n",
+    // blind/ sits below migrate/.
+    'src/blind/uses-migrate.ts':
+      "import type { RetrofitColumn } from '../migrate/index.ts';\nexport type C = RetrofitColumn;\n",
     // A run-time cycle.
     'src/keys/cycle-a.ts': "import { b } from './cycle-b.ts';\nexport const a = () => b;\n",
     'src/keys/cycle-b.ts': "import { a } from './cycle-a.ts';\nexport const b = () => a;\n",
@@ -112,6 +118,8 @@ describe('dependency rules on a copy of src/ with deliberate violations', () => 
     'layer-kms: src/kms/uses-keys.ts -> src/keys/access.ts',
     'layer-store: src/store/uses-scope.ts -> src/scope.ts',
     'layer-keys: src/keys/uses-drizzle.ts -> src/drizzle/columns.ts',
+    'layer-drizzle: src/drizzle/uses-blind.ts -> src/blind/plugin.ts',
+    'layer-blind: src/blind/uses-migrate.ts -> src/migrate/index.ts',
     'no-circular: src/keys/cycle-a.ts <-> src/keys/cycle-b.ts',
     'sdk-aws: src/keys/uses-aws-sdk.ts -> node_modules/@aws-sdk/client-kms',
     'sdk-gcp: src/kms/aws/with-gax.ts -> node_modules/google-gax',

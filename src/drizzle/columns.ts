@@ -31,18 +31,11 @@ import {
 } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
+import { COLUMN_STATE, type EncryptedColumnState, encryptedState, type ReadMode } from './column-state.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
 import { scopeStorage, type TenantScope } from './scope.ts';
 
-/**
- * How a column behaves while a retrofit is under way:
- * - `strict` (default): only ciphertext is accepted on read; plaintext is a decryption failure.
- * - `passthrough`: values that are not ciphertext are returned as they are (text storage, during a
- *   backfill); every write is encrypted.
- * - `read-only`: reads as `passthrough`, and every write is refused with `WriteRefusedError`
- *   (freeze a column while it is rolled back or re-keyed).
- */
-export type ReadMode = 'strict' | 'passthrough' | 'read-only';
+export { COLUMN_STATE, type EncryptedColumnState, encryptedState, type ReadMode };
 
 export interface EncryptedColumnOptions {
   /**
@@ -60,27 +53,8 @@ export interface EncryptedColumnOptions {
   mode?: ReadMode;
 }
 
-/** What the middleware knows about an encrypted column; attached to the built Drizzle column. */
-export interface EncryptedColumnState {
-  readonly codec: Codec<unknown>;
-  readonly context: string;
-  /** `table.column`, for messages. */
-  readonly label: string;
-  readonly storage: 'bytea' | 'text';
-  readonly mode: ReadMode;
-  /** Last (entry, field key) used: avoids a map lookup per field on the hot path. */
-  memo: { entry: DekEntry; fk: FieldKey } | undefined;
-}
-
 const TABLE_SCHEMA = Symbol.for('drizzle:Schema');
 const TABLE_ORIGINAL_NAME = Symbol.for('drizzle:OriginalName');
-
-export const COLUMN_STATE: unique symbol = Symbol.for('drizzle-byok:encrypted-column') as never;
-
-/** The encrypted-column state of a Drizzle column (also through table aliases), or undefined. */
-export function encryptedState(column: unknown): EncryptedColumnState | undefined {
-  return (column as { [COLUMN_STATE]?: EncryptedColumnState } | null)?.[COLUMN_STATE];
-}
 
 /** Per-query context the middleware puts in the async scope around execution. */
 export interface QueryContext extends TenantScope {

@@ -20,9 +20,8 @@ import {
 } from 'drizzle-orm';
 import { looksLikeEnvelope, TEXT_PREFIX, toBytes } from '../crypto/envelope.ts';
 import { ByokConfigError, EncryptedColumnUsageError } from '../errors.ts';
-import { blindState, isBlindLookup } from './blind-index.ts';
 import { buildSetOperations, chunkText } from './chunks.ts';
-import { encryptedState } from './columns.ts';
+import { encryptedState, guardedState } from './column-state.ts';
 import { prepareRelationalV2, type RelationalV2Hooks, type TableConfigV2 } from './relational-v2.ts';
 import { isTrustedSql, trustSql } from './sql-walk.ts';
 import { scopePredicateOf } from './tenant-isolation.ts';
@@ -74,9 +73,24 @@ const rawReads = new WeakSet<object>();
 /** `restoreCiphertext(column, value)` nodes, by the column state they were made for. */
 const rawWrites = new WeakMap<object, Guarded>();
 
-function guardedOf(c: unknown): Guarded | undefined {
-  if (c === null || typeof c !== 'object') return undefined;
-  return encryptedState(c) ?? blindState(c);
+/** An encrypted column, or a column another plugin marks as protected (a blind index). */
+const guardedOf: (c: unknown) => Guarded | undefined = guardedState;
+
+/**
+ * The SQL shapes the pipeline's plugins allow (their own rewritten nodes, `QueryPlugin.allowsSql`),
+ * for the check running now: set by each instrumented builder and by `guardSql` for the length of
+ * their synchronous check.
+ */
+let allowedShape: (chunks: readonly unknown[]) => boolean = () => false;
+
+function withShapes<T>(shapes: (chunks: readonly unknown[]) => boolean, fn: () => T): T {
+  const outer = allowedShape;
+  allowedShape = shapes;
+  try {
+    return fn();
+  } finally {
+    allowedShape = outer;
+  }
 }
 
 function refuse(g: Guarded, construct: string, hint?: string): never {
@@ -149,7 +163,7 @@ function exprSql(s: SQL, site: string): void {
   }
   const chunks = s.queryChunks;
   const u = unary(chunks);
-  if ((u !== undefined && (isNullCheck(u) || isExists(u))) || isBlindLookup(chunks)) return;
+  if ((u !== undefined && (isNullCheck(u) || isExists(u))) || allowedShape(chunks)) return;
   for (const x of chunks) expr(x, site);
 }
 
@@ -618,9 +632,36 @@ function returningOf(returning: readonly Field[] | undefined): void {
 
 /**
  * Instruments a PostgreSQL dialect's query builders with the guard. Call after other builder
- * instrumentation (blind index writes), so the guard sees what the user wrote.
+ * instrumentation (blind index writes), so the guard sees what the user wrote. `allowsSql`: the
+ * shapes the pipeline's plugins make and allow.
  */
-export function installGuard(dialect: object, tenantColumn: string | undefined): void {
+export function installGuard(
+  dialect: object,
+  tenantColumn: string | undefined,
+  allowsSql: (chunks: readonly unknown[]) => boolean,
+): void {
+  installBuilders(dialect, tenantColumn);
+  // Every hook runs its checks with this pipeline's allowed shapes.
+  const d = dialect as unknown as Record<string, Fn>;
+  for (const k of [
+    'buildSelectQuery',
+    'buildSetOperationQuery',
+    'buildInsertQuery',
+    'buildUpdateSet',
+    'buildUpdateQuery',
+    'buildDeleteQuery',
+    'buildRelationalQueryWithoutPK',
+    'buildRelationalQuery',
+  ]) {
+    const f = d[k];
+    if (typeof f !== 'function' || !Object.hasOwn(d, k)) continue;
+    d[k] = function (this: unknown, ...args: never[]) {
+      return withShapes(allowsSql, () => f.apply(this, args));
+    };
+  }
+}
+
+function installBuilders(dialect: object, tenantColumn: string | undefined): void {
   const d = dialect as GuardedDialect;
   const orig = {
     select: d.buildSelectQuery,
@@ -810,9 +851,9 @@ function checkRelational(args: RelationalArgs): void {
  * Checks SQL that reaches `sqlToQuery` without a builder (`db.execute(sql...)`, `$count`, a builder's
  * SQL was already checked when it was built): every encrypted column in it must be allowed.
  */
-export function guardSql(root: SQL): void {
+export function guardSql(root: SQL, allowsSql: (chunks: readonly unknown[]) => boolean): void {
   if (queries.has(root) || isTrustedSql(root)) return;
-  expr(root, 'an sql template');
+  withShapes(allowsSql, () => expr(root, 'an sql template'));
 }
 
 /** Drizzle's order of the fields of a selection object (nested objects and tables flattened). */

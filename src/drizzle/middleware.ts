@@ -1,16 +1,11 @@
-// One file: withEncryption's dialect, session, transaction and prepared-query hooks share one query context.
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { Column, is, Param, Placeholder, SQL, StringChunk } from 'drizzle-orm';
-import { ByokConfigError, DecryptionFailedError, TenantMismatchError } from '../errors.ts';
+import { Param, Placeholder, type SQL } from 'drizzle-orm';
+import { ByokConfigError, DecryptionFailedError } from '../errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf, isKeyring } from '../keys/keyring.ts';
-import {
-  instrumentBlindWrites,
-  isBlindPending,
-  resolveBlindParams,
-  rewriteBlindLookups,
-  translateBlindError,
-} from './blind-index.ts';
+import { scopeStorage } from '../scope.ts';
+import { assertPgDatabase } from '../store/pg.ts';
+import { placeholderName } from './chunks.ts';
 import {
   type BuildContext,
   checkReadTenant,
@@ -20,24 +15,17 @@ import {
   type QueryContext,
   sealFor,
 } from './columns.ts';
-import { columnTable, instrumentInsertLayout, placeholderName } from './chunks.ts';
-import { guardSql, installGuard } from './guard.ts';
-import { PendingRead, PendingWrite } from './placeholders.ts';
-import { assertPgDatabase } from '../store/pg.ts';
-import { type RlsOptions, rlsStatements } from './rls.ts';
-import { wrappedWith } from './blind-index.ts';
-import type { RlsConfig } from './rls.ts';
-import { assertTenantId, scopeStorage } from '../scope.ts';
-import { nestedSql } from './sql-walk.ts';
 import {
-  checkTenantColumn,
-  collectChecks,
-  instrumentCount,
-  instrumentTenantIsolation,
-  runChecks,
-  SCOPE_PLACEHOLDER,
-  type TenantCheck,
-} from './tenant-isolation.ts';
+  type BuiltQuery,
+  type ExecutionHooks,
+  type PipelineEnv,
+  type QueryPlugin,
+  type SqlVisitor,
+  walkSql,
+} from './pipeline.ts';
+import { PendingRead, PendingWrite } from './placeholders.ts';
+import { type RlsConfig, type RlsOptions, rlsStatements } from './rls.ts';
+import { checkTenantColumn } from './tenant-isolation.ts';
 
 export interface WithEncryptionOptions {
   /**
@@ -72,11 +60,7 @@ interface MutableDb {
   };
   session: Session;
 }
-interface Query {
-  sql: string;
-  params: unknown[];
-  typings?: unknown[];
-}
+type Query = BuiltQuery;
 interface Prepared {
   execute: (placeholderValues?: Record<string, unknown>, token?: unknown) => Promise<unknown>;
   all?: (placeholderValues?: Record<string, unknown>) => Promise<unknown>;
@@ -93,17 +77,29 @@ interface Tx {
   [WRAPPED]?: Keyring;
 }
 
+/** One `withEncryption` call's plugins, in order, and what they were given. */
+interface Pipeline {
+  readonly env: PipelineEnv;
+  readonly plugins: readonly QueryPlugin[];
+  /** The plugins with a `pendingParam` hook (checked for every parameter of every statement). */
+  readonly pending: readonly QueryPlugin[];
+}
+
+/** The pipeline each instrumented dialect (shared by a database, its transactions) runs. */
+const pipelines = new WeakMap<object, Pipeline>();
+
 /**
- * Makes a Drizzle PostgreSQL database encrypt and decrypt its `encrypted.*` columns. Returns the
- * same instance, instrumented in place: its dialect (to refuse comparisons of encrypted columns
- * with plain values, and to find each inserted row's tenant), its session's prepared queries (to
- * finish encryption and decryption that wait on a data key), and every transaction and savepoint
- * session it creates.
+ * Instruments a Drizzle PostgreSQL database in place with `plugins` (in pipeline order, see
+ * `pipeline.ts`; the public `withEncryption` passes the library's own): its dialect (each plugin's
+ * builder wrappers, and around `sqlToQuery` the single SQL walk), its session's prepared queries (to
+ * fill placeholders, finish encryption and decryption that wait on a data key, and run the plugins'
+ * execution hooks), and every transaction and savepoint session it creates.
  */
-export function withEncryption<TDb extends AnyPgDatabase>(
+export function withPlugins<TDb extends AnyPgDatabase>(
   db: TDb,
   keyring: Keyring,
-  options: WithEncryptionOptions = {},
+  options: WithEncryptionOptions,
+  plugins: readonly QueryPlugin[],
 ): TDb {
   const d = db as unknown as MutableDb;
   if (d === null || typeof d !== 'object' || d.dialect === undefined || d.session === undefined) {
@@ -126,6 +122,19 @@ export function withEncryption<TDb extends AnyPgDatabase>(
     throw new ByokConfigError('withEncryption: rls needs tenantColumn (the column the policies compare)');
   }
   if (tenantColumn !== undefined) checkTenantColumn(schemaTables(d), tenantColumn);
+  const shapes = plugins.filter((p) => p.allowsSql !== undefined);
+  const pipeline: Pipeline = {
+    env: {
+      keyring,
+      tenantColumn,
+      allowsSql: (chunks) => {
+        for (const p of shapes) if (p.allowsSql!(chunks)) return true;
+        return false;
+      },
+    },
+    plugins,
+    pending: plugins.filter((p) => p.pendingParam !== undefined),
+  };
   // withReplicas(primary, replicas): the object shares the primary's dialect and session; every
   // replica is a Drizzle instance of its own and is instrumented the same way.
   const replicas = (d as { $replicas?: unknown }).$replicas;
@@ -138,13 +147,21 @@ export function withEncryption<TDb extends AnyPgDatabase>(
         throw new ByokConfigError('this Drizzle instance is already wrapped with another keyring');
       continue;
     }
-    instrumentDialect(t.dialect, keyring, tenantColumn);
-    instrumentSession(t.session, keyring, undefined, rls);
-    if (tenantColumn !== undefined) instrumentCount(t, tenantColumn);
+    instrumentDialect(t.dialect, pipeline);
+    instrumentSession(t.session, pipeline, undefined, rls);
+    for (const p of plugins) p.instrumentDatabase?.(t, pipeline.env);
   }
   const primary = (d as { $primary?: MutableDb }).$primary;
-  if (primary !== undefined && tenantColumn !== undefined) instrumentCount(primary, tenantColumn);
+  if (primary !== undefined) for (const p of plugins) p.instrumentDatabase?.(primary, pipeline.env);
   return db;
+}
+
+/** The keyring and tenant column name `withEncryption` was given for this database, if wrapped. */
+export function wrappedWith(
+  db: AnyPgDatabase,
+): { keyring: Keyring; tenantColumn: string | undefined } | undefined {
+  const dialect = (db as unknown as { dialect?: object }).dialect;
+  return dialect === undefined ? undefined : pipelines.get(dialect)?.env;
 }
 
 /**
@@ -160,155 +177,35 @@ function schemaTables(d: MutableDb): unknown[] {
 }
 
 // -----------------------------------------------------------------------------------------------
-// Dialect: SQL inspection before Drizzle maps parameters
+// Dialect: the plugins' builder wrappers, and the SQL walk before Drizzle maps parameters
 
-function instrumentDialect(
-  dialect: MutableDb['dialect'],
-  keyring: Keyring,
-  tenantColumn: string | undefined,
-): void {
+function instrumentDialect(dialect: MutableDb['dialect'], pipeline: Pipeline): void {
+  const { env, plugins } = pipeline;
+  const builders = plugins.filter((p) => p.beginBuild !== undefined);
   // Every path that turns SQL into a query string and parameters: `sqlToQuery`, and on 1.0 also
   // `_sqlToQuery` (the tagged-template form selects use on drivers such as Bun SQL).
   const toQuery = (original: (sql: SQL, ...rest: unknown[]) => Query) =>
     function (this: unknown, sqlObj: SQL, ...rest: unknown[]): Query {
-      const ctx: BuildContext = { keyring, rowTenants: [], cursor: 0 };
-      // The fail-closed guard (allowlist, src/drizzle/guard.ts) first, then blind index lookups.
-      guardSql(sqlObj);
-      const restore = rewriteBlindLookups(sqlObj, tenantColumn);
+      const ctx: BuildContext = { keyring: env.keyring, rowTenants: [], cursor: 0 };
+      const visitors: SqlVisitor[] = [];
       try {
-        inspectChunks(sqlObj.queryChunks, ctx, tenantColumn);
+        for (const p of builders) {
+          const v = p.beginBuild!(sqlObj, ctx, env);
+          if (v !== undefined) visitors.push(v);
+        }
+        walkSql(sqlObj, visitors);
         const query = inBuildContext(ctx, () => original.call(this, sqlObj, ...rest));
-        if (tenantColumn !== undefined) attachTenantChecks(query, collectChecks(sqlObj));
+        for (const v of visitors) v.built?.(query);
         return query;
       } finally {
-        restore();
+        for (let i = visitors.length - 1; i >= 0; i--) visitors[i]!.restore?.();
       }
     };
   dialect.sqlToQuery = toQuery(dialect.sqlToQuery);
   if (typeof dialect._sqlToQuery === 'function') dialect._sqlToQuery = toQuery(dialect._sqlToQuery);
-  instrumentInsertLayout(dialect, 'inner');
-  if (tenantColumn !== undefined) instrumentTenantIsolation(dialect, tenantColumn);
-  instrumentBlindWrites(dialect, keyring, tenantColumn);
-  installGuard(dialect, tenantColumn);
-  instrumentInsertLayout(dialect, 'outer');
-  Object.defineProperty(dialect, WRAPPED, { value: keyring });
-}
-
-/** Walks the SQL tree once: records each inserted row's tenant when a tenant column is configured. */
-function inspectChunks(
-  chunks: readonly unknown[],
-  ctx: BuildContext,
-  tenantColumn: string | undefined,
-): void {
-  for (let i = 0; i < chunks.length; i++) {
-    const c = chunks[i];
-    if (c === null || typeof c !== 'object') continue;
-    if (c instanceof StringChunk) continue;
-    if (c instanceof SQL) {
-      inspectChunks(c.queryChunks, ctx, tenantColumn);
-    } else if (Array.isArray(c)) {
-      if (tenantColumn !== undefined) collectRowTenant(c, ctx, tenantColumn);
-      inspectChunks(c, ctx, tenantColumn);
-    } else if (!is(c, Column)) {
-      const inner = nestedSql(c);
-      if (inner !== undefined) inspectChunks([inner], ctx, tenantColumn);
-    }
-  }
-}
-
-/**
- * An insert row is an array of Params of several columns (an `inArray` list has one column only).
- * When the row has the tenant column, the row's tenant must match the scope, and its encrypted
- * values are encrypted under the row's tenant.
- */
-function collectRowTenant(row: readonly unknown[], ctx: BuildContext, tenantColumn: string): void {
-  let tenant: Param | undefined;
-  let encrypted = false;
-  let firstEncoder: unknown;
-  let columns = 0;
-  for (const el of row) {
-    if (!is(el, Param)) continue;
-    const p = el as Param;
-    if (columns === 0 || (columns === 1 && p.encoder !== firstEncoder)) {
-      columns++;
-      firstEncoder ??= p.encoder;
-    }
-    if (encryptedState(p.encoder) !== undefined) encrypted = true;
-    else if (isTenantColumn(p.encoder, tenantColumn)) tenant = p;
-  }
-  if (columns < 2 || tenant === undefined || tenant.value === null || tenant.value === undefined) return;
-  if (is(tenant.value, Placeholder)) return; // checked when the statement executes
-  assertTenantId(tenant.value, `the tenant column ${tenantColumn} of a row`);
-  const rowTenant = tenant.value;
-  const scoped = scopeStorage.getStore()?.tenantId;
-  if (typeof scoped === 'string' && scoped !== rowTenant) {
-    throw new TenantMismatchError(
-      `a row of tenant ${rowTenant} was written inside the scope of tenant ${scoped}`,
-      {
-        tenantId: scoped,
-      },
-    );
-  }
-  if (!encrypted) return;
-  for (const el of row) {
-    if (!is(el, Param)) continue;
-    const p = el as Param;
-    if (encryptedState(p.encoder) !== undefined && p.value !== null && !is(p.value, Placeholder)) {
-      ctx.rowTenants.push({ value: p.value, tenantId: rowTenant });
-    }
-  }
-}
-
-/** The tenant column by database name, or by property name on its table. */
-function isTenantColumn(encoder: unknown, tenantColumn: string): boolean {
-  if (!is(encoder, Column)) return false;
-  const c = encoder as Column;
-  if (c.name === tenantColumn) return true;
-  const columns = (columnTable(c) as Record<symbol, Record<string, Column> | undefined>)[
-    Symbol.for('drizzle:Columns')
-  ];
-  return columns?.[tenantColumn] === c || columns?.[tenantColumn]?.name === c.name;
-}
-
-// -----------------------------------------------------------------------------------------------
-// Tenant checks carried from the built SQL to execution
-
-const TENANT_CHECKS: unique symbol = Symbol('drizzle-byok:query-tenant-checks') as never;
-
-function attachTenantChecks(query: Query, checks: TenantCheck[]): void {
-  if (checks.length > 0) Object.defineProperty(query, TENANT_CHECKS, { value: checks, enumerable: false });
-}
-
-/** What a statement needs from the scope it executes in: the scope tenant, write checks. */
-interface TenantNeeds {
-  readonly scope: boolean;
-  readonly checks: readonly TenantCheck[];
-}
-
-function tenantNeeds(query: Query): TenantNeeds | undefined {
-  const checks = (query as { [TENANT_CHECKS]?: TenantCheck[] })[TENANT_CHECKS] ?? [];
-  let scope = false;
-  for (const p of query.params) {
-    const ph = is(p, Param) ? (p as Param).value : p;
-    if (is(ph, Placeholder) && placeholderName(ph) === SCOPE_PLACEHOLDER) {
-      scope = true;
-      break;
-    }
-  }
-  return scope || checks.length > 0 ? { scope, checks } : undefined;
-}
-
-/** Fills the scope tenant into the placeholder values and checks written tenants. */
-function applyTenant(
-  needs: TenantNeeds,
-  placeholderValues: Record<string, unknown> | undefined,
-): { values: Record<string, unknown>; rowTenants: Map<Param, string> | undefined } {
-  const values = { ...placeholderValues };
-  if (needs.scope) {
-    const t = scopeStorage.getStore()?.tenantId;
-    values[SCOPE_PLACEHOLDER] = typeof t === 'string' ? t : null;
-  }
-  return { values, rowTenants: runChecks(needs.checks, values) };
+  for (const p of plugins) p.instrumentDialect?.(dialect, env);
+  pipelines.set(dialect, pipeline);
+  Object.defineProperty(dialect, WRAPPED, { value: env.keyring });
 }
 
 // -----------------------------------------------------------------------------------------------
@@ -316,10 +213,11 @@ function applyTenant(
 
 function instrumentSession(
   session: Session,
-  keyring: Keyring,
+  pipeline: Pipeline,
   txDb: AnyPgDatabase | undefined,
   rls: RlsConfig | undefined,
 ): void {
+  const keyring = pipeline.env.keyring;
   if (session[WRAPPED] !== undefined) return;
   Object.defineProperty(session, WRAPPED, { value: keyring });
   const prepareQuery = session.prepareQuery;
@@ -350,7 +248,7 @@ function instrumentSession(
                 );
               }),
           };
-    return instrumentPrepared(prepared, query, reprepare, keyring, txDb, rlsRun, base);
+    return instrumentPrepared(prepared, query, reprepare, pipeline, txDb, rlsRun, base);
   };
   const transaction = session.transaction;
   if (typeof transaction === 'function') {
@@ -358,7 +256,7 @@ function instrumentSession(
       return transaction.call(
         this,
         (tx: unknown) => {
-          instrumentTransaction(tx as Tx, keyring, rls);
+          instrumentTransaction(tx as Tx, pipeline, rls);
           if (txDb === undefined) keyring.openTransaction(tx as AnyPgDatabase, undefined);
           return txStorage.run({ tx: tx as AnyPgDatabase, session: (tx as Tx).session }, () => cb(tx));
         },
@@ -368,19 +266,21 @@ function instrumentSession(
   }
 }
 
-function instrumentTransaction(tx: Tx, keyring: Keyring, rls: RlsConfig | undefined): void {
-  instrumentSession(tx.session, keyring, tx as unknown as AnyPgDatabase, rls);
+function instrumentTransaction(tx: Tx, pipeline: Pipeline, rls: RlsConfig | undefined): void {
+  const keyring = pipeline.env.keyring;
+  instrumentSession(tx.session, pipeline, tx as unknown as AnyPgDatabase, rls);
   if (tx[WRAPPED] !== undefined) return;
   Object.defineProperty(tx, WRAPPED, { value: keyring });
-  const tenantColumn = wrappedTenantColumn(tx);
-  if (tenantColumn !== undefined) instrumentCount(tx, tenantColumn);
+  // The transaction builds with its database's dialect: that dialect's pipeline instruments it.
+  const own = pipelines.get((tx as { dialect?: object }).dialect ?? {});
+  if (own !== undefined) for (const p of own.plugins) p.instrumentDatabase?.(tx, own.env);
   const transaction = tx.transaction;
   tx.transaction = function (this: Tx, cb) {
     let savepoint: AnyPgDatabase | undefined;
     return transaction
       .call(this, (inner: unknown) => {
         savepoint = inner as AnyPgDatabase;
-        instrumentTransaction(inner as Tx, keyring, rls);
+        instrumentTransaction(inner as Tx, pipeline, rls);
         keyring.openTransaction(savepoint, this as unknown as AnyPgDatabase);
         return txStorage.run({ tx: savepoint, session: (inner as Tx).session }, () => cb(inner));
       })
@@ -399,14 +299,14 @@ function instrumentTransaction(tx: Tx, keyring: Keyring, rls: RlsConfig | undefi
   };
 }
 
-function wrappedTenantColumn(db: unknown): string | undefined {
-  return wrappedWith(db as AnyPgDatabase)?.tenantColumn;
-}
-
-/** What a prepared query needs before it can run: pending encryptions and encrypted placeholders. */
-function needsParams(params: readonly unknown[]): boolean {
+/**
+ * What a prepared query needs before it can run: pending encryptions, encrypted placeholders, a
+ * plugin's pending values.
+ */
+function needsParams(params: readonly unknown[], plugins: readonly QueryPlugin[]): boolean {
   for (const p of params) {
-    if (p instanceof PendingWrite || isBlindPending(p)) return true;
+    if (p instanceof PendingWrite) return true;
+    for (const plugin of plugins) if (plugin.pendingParam!(p)) return true;
     if (p instanceof Param && p.value instanceof Placeholder && encryptedState(p.encoder) !== undefined)
       return true;
   }
@@ -441,13 +341,20 @@ function instrumentPrepared(
   prepared: Prepared,
   query: Query,
   reprepare: (params: unknown[]) => Prepared,
-  keyring: Keyring,
+  pipeline: Pipeline,
   txDb: AnyPgDatabase | undefined,
   rlsRun: RlsRun | undefined,
   session: Session,
 ): Prepared {
-  const needs = needsParams(query.params);
-  const tenant = tenantNeeds(query);
+  const { env, plugins } = pipeline;
+  const keyring = env.keyring;
+  const needs = needsParams(query.params, pipeline.pending);
+  const all: ExecutionHooks[] = [];
+  for (const p of plugins) {
+    const h = p.prepare?.(query, env);
+    if (h !== undefined) all.push(h);
+  }
+  const hooks = all.length === 0 ? undefined : all;
   for (const method of ['execute', 'all', 'values'] as const) {
     const original = prepared[method];
     if (typeof original !== 'function') continue;
@@ -475,10 +382,19 @@ function instrumentPrepared(
           let target: Prepared = this;
           let values = placeholderValues;
           let rowTenants: Map<Param, string> | undefined;
-          if (tenant !== undefined) ({ values, rowTenants } = applyTenant(tenant, placeholderValues));
+          if (hooks !== undefined) {
+            for (const h of hooks) {
+              const r = h.values(values);
+              values = r.values;
+              if (r.rowTenants !== undefined) {
+                if (rowTenants === undefined) rowTenants = r.rowTenants;
+                else for (const [k, v] of r.rowTenants) rowTenants.set(k, v);
+              }
+            }
+          }
           if (needs) {
             target = reprepare(
-              await resolveParams(keyring, query.params, values ?? {}, ctx.txDb, rowTenants),
+              await resolveParams(pipeline, query.params, values ?? {}, ctx.txDb, rowTenants),
             );
             values = {};
           }
@@ -487,7 +403,9 @@ function instrumentPrepared(
           try {
             result = await fn.call(target, values, token);
           } catch (e) {
-            throw translateBlindError(e);
+            let out = e;
+            for (const p of plugins) if (p.translateError !== undefined) out = p.translateError(out);
+            throw out;
           }
           return ctx.pending.length === 0 ? result : resolveReads(keyring, ctx, result);
         },
@@ -521,12 +439,13 @@ export function runQuery<T>(
  * `params`. `rowTenants`: the tenant of encrypted placeholders whose row has a tenant placeholder.
  */
 async function resolveParams(
-  keyring: Keyring,
+  pipeline: Pipeline,
   params: readonly unknown[],
   values: Record<string, unknown>,
   txDb: AnyPgDatabase | undefined,
   rowTenants?: Map<Param, string>,
 ): Promise<unknown[]> {
+  const keyring = pipeline.env.keyring;
   const build: BuildContext = { keyring, rowTenants: [], cursor: 0 };
   const filled = inBuildContext(build, () =>
     params.map((p) => {
@@ -550,7 +469,7 @@ async function resolveParams(
       return p;
     }),
   );
-  await resolveBlindParams(keyring, filled, values, txDb);
+  for (const p of pipeline.plugins) await p.resolveParams?.(filled, values, { keyring, txDb });
   const tenants = new Set<string>();
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;

@@ -1,6 +1,6 @@
 import { inspect } from 'node:util';
 import { PlaceholderLeakError } from '../errors.ts';
-import type { EncryptedColumnState } from './columns.ts';
+import type { EncryptedColumnState } from './column-state.ts';
 
 /**
  * Sealed placeholders stand in for values whose data key is not in the cache yet: the column's

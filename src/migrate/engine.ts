@@ -4,8 +4,8 @@ import { hostname } from 'node:os';
 import { type SQL, sql } from 'drizzle-orm';
 import { type FieldKey, open, seal } from '../crypto/aead.ts';
 import { type BlindParams, blindValue } from '../crypto/blind-hmac.ts';
-import { type BlindIndexState, indexInput, tableBlindIndexes } from '../drizzle/blind-index.ts';
-import { type IndexKeyOwner, registryFor } from '../drizzle/blind-keys.ts';
+import { type BlindIndexState, indexInput, tableBlindIndexes } from '../blind/index.ts';
+import { type IndexKeyOwner, registryFor } from '../blind/index.ts';
 import { openFor, storedEnvelope } from '../drizzle/columns.ts';
 import {
   ByokConfigError,

@@ -4,8 +4,8 @@ import { type BlindParams, decodeParams, encodeParams } from '../crypto/blind-hm
 import { ByokConfigError, KeyNotFoundError } from '../errors.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { byokDeks } from '../keys/schema.ts';
-import { byokBlindIndexKeys } from './blind-schema.ts';
-import { scopeStorage, start } from './scope.ts';
+import { byokBlindIndexKeys } from './schema.ts';
+import { scopeStorage, start } from '../scope.ts';
 
 /**
  * Index key versions of (tenant, index context): loaded from `byok.blind_index_keys`, created on the

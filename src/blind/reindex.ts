@@ -3,12 +3,13 @@ import { getTableConfig, type PgColumn, type PgTable } from 'drizzle-orm/pg-core
 import { blindValue, encodeParams, MAX_VERSION } from '../crypto/blind-hmac.ts';
 import { toBytes } from '../crypto/envelope.ts';
 import { ByokConfigError, ByokError, TenantShreddedError } from '../errors.ts';
-import { assertTenantId, withTenant } from './scope.ts';
+import { assertTenantId, withTenant } from '../scope.ts';
 import { type AnyPgDatabase, asPgDb, type PgDb, type Keyring, keysOf } from '../keys/keyring.ts';
-import { type BlindIndexState, blindState, indexInput, rowsOf, wrappedWith } from './blind-index.ts';
-import { type IndexKeyState, type IndexVersion, registryFor, store } from './blind-keys.ts';
-import { byokBlindIndexKeys } from './blind-schema.ts';
-import { rawCiphertext } from './guard.ts';
+import { rawCiphertext } from '../drizzle/guard.ts';
+import { wrappedWith } from '../drizzle/middleware.ts';
+import { type BlindIndexState, blindState, indexInput, rowsOf } from './column.ts';
+import { type IndexKeyState, type IndexVersion, registryFor, store } from './keys.ts';
+import { byokBlindIndexKeys } from './schema.ts';
 
 /**
  * Maintenance of blind indexes, per tenant: backfill (index rows written before the index existed:

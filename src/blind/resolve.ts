@@ -1,0 +1,226 @@
+import type { KeyObject } from 'node:crypto';
+import { blindValue, EXACT_MIN_BYTES, NO_MATCH } from '../crypto/blind-hmac.ts';
+import { ByokConfigError, EncryptedComparisonError, NoTenantError } from '../errors.ts';
+import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
+import { scopeStorage } from '../scope.ts';
+import { type BlindIndexState, indexInput } from './column.ts';
+import { type IndexKeyState, type IndexVersion, registryFor } from './keys.ts';
+import { PendingBlind, writeTenant } from './sealed.ts';
+
+// -----------------------------------------------------------------------------------------------
+// Execution: compute pending index values, lookup values and tenants
+
+/**
+ * Replaces every `PendingBlind` in `filled` (a fresh params array) by its value: index values of
+ * writes under the active key version, lookup values under each live version, the lookup's tenant.
+ * Runs inside the query's context (the tenant in scope is the lookup's tenant).
+ */
+export async function resolveBlindParams(
+  keyring: Keyring,
+  filled: unknown[],
+  values: Record<string, unknown>,
+  txDb: AnyPgDatabase | undefined,
+): Promise<void> {
+  let any = false;
+  for (const p of filled) if (p instanceof PendingBlind) any = true;
+  if (!any) return;
+  const reg = registryFor(keyring);
+  const scope = scopeStorage.getStore() as { tenantId?: string | null; scoped?: boolean } | undefined;
+  const scoped = scope === undefined || scope.scoped === false ? undefined : scope.tenantId;
+  const memo = new Map<string, Promise<unknown>>();
+  const once = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    let p = memo.get(key) as Promise<T> | undefined;
+    if (p === undefined) {
+      p = fn();
+      memo.set(key, p);
+    }
+    return p;
+  };
+  const stateOf = (tenantId: string, p: PendingBlind, create: boolean) =>
+    once(`s\u0000${tenantId}\u0000${p.index.context}\u0000${create}`, () =>
+      reg.load(tenantId, p.index.owner(p.tenantColumn), { create, txDb }),
+    );
+  // Every check that can throw runs before any query starts (no promise is left unobserved).
+  const tasks: (() => Promise<void>)[] = [];
+  const macs = new Map<string, Buffer>();
+  for (let i = 0; i < filled.length; i++) {
+    const p = filled[i];
+    if (!(p instanceof PendingBlind)) continue;
+    if (p.kind === 'lookup-set') {
+      const tenantId = lookupTenant(p.index, scoped);
+      const items = p.items.map((item) => {
+        if (!('placeholder' in item)) return item.value;
+        if (!(item.placeholder in values))
+          throw new ByokConfigError(`no value for placeholder "${item.placeholder}"`);
+        return values[item.placeholder];
+      });
+      const fill = (st: IndexKeyState, keyOf: (v: IndexVersion) => KeyObject) => {
+        checkLookup(p, st);
+        filled[i] = setLiteral(macs, tenantId, p.index, st, keyOf, items);
+      };
+      const hot = reg.fresh(tenantId, p.index.context);
+      if (hot !== undefined && hot.live.every((v) => reg.hotKey(hot, v) !== undefined)) {
+        keyring.countHotHit();
+        fill(hot, (v) => reg.hotKey(hot, v)!);
+        continue;
+      }
+      tasks.push(async () => {
+        const st = await stateOf(tenantId, p, false);
+        if (st === undefined) {
+          const unindexed = await once(`u\u0000${tenantId}\u0000${p.index.context}`, () =>
+            p.index.owner(p.tenantColumn).hasUnindexedRows(reg.dbFor(txDb), tenantId),
+          );
+          if (unindexed) throw notBuilt(p.index, tenantId);
+          filled[i] = '{}';
+          return;
+        }
+        const keys = new Map<number, KeyObject>();
+        for (const v of st.live) keys.set(v.version, await reg.key(st, v, txDb));
+        fill(st, (v) => keys.get(v.version)!);
+      });
+      continue;
+    }
+    let value: unknown;
+    if (p.placeholder !== undefined) {
+      if (!(p.placeholder in values))
+        throw new ByokConfigError(`no value for placeholder "${p.placeholder}"`);
+      value = values[p.placeholder];
+    } else {
+      value = p.value();
+    }
+    if (p.kind === 'write') {
+      const tenantId = p.tenantId ?? writeTenant(p.index, undefined);
+      if (value === null || value === undefined) {
+        filled[i] = null;
+        continue;
+      }
+      tasks.push(async () => {
+        const st = (await stateOf(tenantId, p, true))!;
+        const v = st.active;
+        const input = indexInput(p.index, v.params, value);
+        filled[i] = blindValue(await reg.key(st, v, txDb), v.version, input, v.params.bytes);
+      });
+      continue;
+    }
+    const tenantId = lookupTenant(p.index, scoped);
+    if (p.kind === 'tenant') {
+      filled[i] = tenantId;
+      continue;
+    }
+    // Hot path, synchronous: the tenant's index state is fresh and its key's data key cached (the
+    // same checks as below, without a promise per value; a value looked up under one version is
+    // computed once, whichever slots ask for it).
+    const hot = reg.fresh(tenantId, p.index.context);
+    if (hot !== undefined) {
+      checkLookup(p, hot);
+      if (value === null || value === undefined) {
+        filled[i] = NO_MATCH;
+        continue;
+      }
+      const v: IndexVersion = hot.live[p.slot] ?? hot.live[0]!;
+      const key = reg.hotKey(hot, v);
+      if (key !== undefined) {
+        keyring.countHotHit();
+        filled[i] = lookupValueOf(macs, tenantId, p.index, key, v, value);
+        continue;
+      }
+    }
+    tasks.push(async () => {
+      const st = await stateOf(tenantId, p, false);
+      if (st === undefined) {
+        // Nothing was ever indexed for this tenant: no row can match, unless rows predate the index.
+        const unindexed = await once(`u\u0000${tenantId}\u0000${p.index.context}`, () =>
+          p.index.owner(p.tenantColumn).hasUnindexedRows(reg.dbFor(txDb), tenantId),
+        );
+        if (unindexed) throw notBuilt(p.index, tenantId);
+        filled[i] = NO_MATCH;
+        return;
+      }
+      checkLookup(p, st);
+      if (value === null || value === undefined) {
+        filled[i] = NO_MATCH;
+        return;
+      }
+      const v: IndexVersion = st.live[p.slot] ?? st.live[0]!;
+      filled[i] = lookupValueOf(macs, tenantId, p.index, await reg.key(st, v, txDb), v, value);
+    });
+  }
+  const results = await Promise.allSettled(tasks.map((t) => t()));
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/**
+ * The index value of a looked-up `value` under key version `v`, computed once per (tenant, index,
+ * version, value) within one statement: both slots of a value ask for the same one while a single version is live.
+ */
+function lookupValueOf(
+  macs: Map<string, Buffer>,
+  tenantId: string,
+  index: BlindIndexState,
+  key: KeyObject,
+  v: IndexVersion,
+  value: unknown,
+): Buffer {
+  const memo =
+    typeof value === 'string'
+      ? `${tenantId}\u0000${index.context}\u0000${v.version}\u0000${value}`
+      : undefined;
+  if (memo !== undefined) {
+    const done = macs.get(memo);
+    if (done !== undefined) return done;
+  }
+  const out = blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
+  if (memo !== undefined) macs.set(memo, out);
+  return out;
+}
+
+/**
+ * The array literal (`{"\\x…",…}`, cast to `bytea[]` by the statement) of every value's index value
+ * under every live key version of `st`, each distinct value once; `{}` when every value is null.
+ */
+function setLiteral(
+  macs: Map<string, Buffer>,
+  tenantId: string,
+  index: BlindIndexState,
+  st: IndexKeyState,
+  keyOf: (v: IndexVersion) => KeyObject,
+  items: readonly unknown[],
+): string {
+  const out = new Set<string>();
+  for (const value of items) {
+    if (value === null || value === undefined) continue;
+    for (const v of st.live) {
+      out.add(`"\\\\x${lookupValueOf(macs, tenantId, index, keyOf(v), v, value).toString('hex')}"`);
+    }
+  }
+  return `{${[...out].join(',')}}`;
+}
+
+export function lookupTenant(index: BlindIndexState, scoped: string | null | undefined): string {
+  if (typeof scoped === 'string') return scoped;
+  throw new NoTenantError(
+    `a lookup on blind index ${index.label} needs one tenant: index values are per tenant. Run it inside ` +
+      `keyring.withTenant(tenantId, ...)${scoped === null ? ' (withAnyTenant cannot look up by index)' : ''}`,
+  );
+}
+
+function notBuilt(index: BlindIndexState, tenantId: string): EncryptedComparisonError {
+  return new EncryptedComparisonError(
+    `blind index ${index.label} is not built for tenant ${tenantId} yet (rows written before the index ` +
+      'existed have no index value): run runBackfill(...) over the column or backfillBlindIndex(...) first',
+    { tenantId },
+  );
+}
+
+function checkLookup(p: PendingBlind, st: IndexKeyState): void {
+  if (!st.live.some((v) => v.built)) throw notBuilt(p.index, st.tenantId);
+  if (!p.allowLossy) {
+    const lossy = st.live.find((v) => v.params.bytes < EXACT_MIN_BYTES);
+    if (lossy !== undefined) {
+      throw new EncryptedComparisonError(
+        `blind index ${p.index.label} version ${lossy.version} keeps ${lossy.params.bytes} bytes: use findByBlindIndex(...)`,
+        { tenantId: st.tenantId },
+      );
+    }
+  }
+}
