@@ -19,12 +19,16 @@ export function formatNotice(tenantId: string, reason: string, origin: string, k
 
 /** Reads a payload; undefined for anything that is not a notice (ignored by the listener). */
 export function parseNotice(payload: string | undefined): Notice | undefined {
-  let msg: { t?: unknown; r?: unknown; o?: unknown; k?: unknown };
+  // Anyone who may NOTIFY on the channel writes payloads: every one that is not exactly a notice
+  // (not JSON, `null`, an array, a number, fields of other types) is ignored, never thrown.
+  let msg: unknown;
   try {
     msg = JSON.parse(payload ?? '');
   } catch {
     return undefined;
   }
-  if (typeof msg.t !== 'string' || typeof msg.r !== 'string') return undefined;
-  return { tenantId: msg.t, reason: msg.r, origin: msg.o, keyRef: msg.k };
+  if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return undefined;
+  const m = msg as { t?: unknown; r?: unknown; o?: unknown; k?: unknown };
+  if (typeof m.t !== 'string' || typeof m.r !== 'string') return undefined;
+  return { tenantId: m.t, reason: m.r, origin: m.o, keyRef: m.k };
 }
