@@ -27,6 +27,9 @@ import {
 import type { ResolvedColumn } from './target.ts';
 import { inPlacePlainValue, inPlaceStoredPlain, type Stored, sourceText, sourceValue } from './values.ts';
 
+/** The blind index values of a row when the table has no blind index of the columns rewritten. */
+const NO_INDEX: ReadonlyMap<number, Buffer> = new Map();
+
 /** Rows encrypted between two turns of the event loop while a batch is prepared. */
 const PLAN_SLICE = 100;
 
@@ -75,12 +78,18 @@ export class Rewriter {
     for (let r = from; r < to; r++) {
       const row = todo[r]!;
       const actions = this.plan(row, keys);
-      if (actions.some((a) => a.kind === 'need-key')) {
+      let need = false;
+      let work = false;
+      for (const a of actions) {
+        if (a.kind === 'need-key') need = true;
+        else if (a.kind === 'work') work = true;
+      }
+      if (need) {
         needKey.push(row);
         continue;
       }
       const w =
-        actions.some((a) => a.kind === 'work') || (this.run.op === 'encrypt' && this.run.missingIndex(row))
+        work || (this.run.op === 'encrypt' && this.run.indexes.length > 0 && this.run.missingIndex(row))
           ? this.rewrite(row, actions, keys)
           : undefined;
       if (w === undefined || (w.cols.size === 0 && w.index.size === 0)) settled.push(actions);
@@ -185,15 +194,17 @@ export class Rewriter {
     row: Row,
     actions: Action[],
     keys: BatchKeys,
-  ): { cols: Map<number, ColumnWrite>; index: Map<number, Buffer> } {
+  ): { cols: Map<number, ColumnWrite>; index: ReadonlyMap<number, Buffer> } {
     const out = new Map<number, ColumnWrite>();
-    const index = new Map<number, Buffer>();
+    const engineIndexes = this.run.indexes;
+    // Without blind indexes (the common case) every row shares one empty map, never written.
+    const index = engineIndexes.length === 0 ? (NO_INDEX as Map<number, Buffer>) : new Map<number, Buffer>();
     const indexes = (i: number, value: () => unknown, onlyMissing: boolean) => {
-      this.run.indexes.forEach((ix, j) => {
-        if (ix.col !== i || (onlyMissing && row[this.run.in[j]!] != null)) return;
+      for (let j = 0; j < engineIndexes.length; j++) {
+        if (engineIndexes[j]!.col !== i || (onlyMissing && row[this.run.in[j]!] != null)) continue;
         const v = this.indexValue(j, row.t!, value(), keys);
         if (v !== undefined) index.set(j, v);
-      });
+      }
     };
     actions.forEach((a, i) => {
       const c = this.run.t.columns[i]!;

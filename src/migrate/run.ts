@@ -154,7 +154,7 @@ export interface PlannedWrite {
   readonly row: Row;
   readonly writes: Map<number, ColumnWrite>;
   /** New blind index values, by index number (`EngineIndex` position). */
-  readonly index: Map<number, Buffer>;
+  readonly index: ReadonlyMap<number, Buffer>;
   readonly actions: Action[];
 }
 

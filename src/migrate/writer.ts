@@ -9,6 +9,9 @@ import type { AnyPgDatabase } from '../keys/keyring.ts';
 import type { Advance, Chunk, PlannedWrite, Row, Run } from './run.ts';
 import { ident, keysIn, query, rangeSql, tableSql, textElements } from './sql.ts';
 
+/** The text of small value counts (one per row written), made once. */
+const COUNT_TEXT = Array.from({ length: 17 }, (_, i) => String(i));
+
 export class Writer {
   readonly run: Run;
   /** The select list of a batch read (key, tenant, xmin, target, source and index values). */
@@ -75,20 +78,21 @@ export class Writer {
       const owned = await this.checkpoint(chunk, 0, advance);
       return { owned, updated: [], advanced: owned && advance !== undefined };
     }
+    const list = [...writes.values()];
+    const n = list.length;
     const used = new Map<number, 'target' | 'source'>();
-    for (const w of writes.values()) {
+    const idxUsed = new Set<number>();
+    for (let r = 0; r < n; r++) {
+      const w = list[r]!;
       for (const [i, cw] of w.writes) used.set(i, cw.source !== undefined ? 'source' : 'target');
+      if (w.index.size > 0) for (const j of w.index.keys()) idxUsed.add(j);
     }
     const cols = [...used.keys()].sort((a, b) => a - b);
-    const idxUsed = new Set<number>();
-    for (const w of writes.values()) for (const j of w.index.keys()) idxUsed.add(j);
     const idxCols = [...idxUsed].sort((a, b) => a - b);
     // The new values travel column-wise, one text parameter per column (comma-separated when no
     // value holds a comma, as ciphertext and base64 never do; else a JSON array), zipped back into
     // rows by ROWS FROM: a handful of parameters whatever the batch size, no per-row object or key
     // names to build and parse.
-    const list = [...writes.values()];
-    const n = list.length;
     const keys = new Array<string>(n);
     const xmins = new Array<string>(n);
     const counts = new Array<string>(n);
@@ -98,7 +102,7 @@ export class Writer {
       const { row, writes: w, index } = list[r]!;
       keys[r] = row.k;
       xmins[r] = row.x;
-      counts[r] = String(w.size);
+      counts[r] = COUNT_TEXT[w.size] ?? String(w.size);
       for (let c = 0; c < cols.length; c++) {
         const cw = w.get(cols[c]!);
         const v = cw === undefined ? undefined : (cw.source ?? cw.target);
