@@ -4,7 +4,7 @@ import { pathToFileURL } from 'node:url';
 import { ByokConfigError } from '../errors.ts';
 import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import type { Kek } from '../kms/kek.ts';
-import type { BackfillOptions } from '../migrate/engine.ts';
+import type { BackfillOptions } from '../migrate/backfill.ts';
 import { type ResolvedTarget, type RetrofitTableConfig, resolveTarget } from '../migrate/target.ts';
 
 /**

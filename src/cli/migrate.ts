@@ -4,7 +4,7 @@ import {
   type BackfillResult,
   rollbackBackfill,
   runBackfill,
-} from '../migrate/engine.ts';
+} from '../migrate/backfill.ts';
 import { type PlanReport, planBackfill, type VerifyReport, verifyBackfill } from '../migrate/verify.ts';
 import { assertCheckpointTables, type Context, EXIT, intFlag, UsageError } from './context.ts';
 import { selectTables } from './config.ts';

@@ -8,7 +8,7 @@ export {
   rollbackBackfill,
   runBackfill,
   type ValueCounts,
-} from './engine.ts';
+} from './backfill.ts';
 export type { RetrofitColumn, RetrofitTableConfig } from './target.ts';
 export {
   type PlanColumn,

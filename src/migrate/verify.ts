@@ -11,7 +11,7 @@ import {
 import { translateStoreError } from '../store/errors.ts';
 import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
-import { backfillJobId } from './engine.ts';
+import { backfillJobId } from './run.ts';
 import { ident, query, rangeSql, tableSql } from './sql.ts';
 import {
   type ResolvedColumn,
