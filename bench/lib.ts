@@ -145,6 +145,38 @@ export async function measureRounds(
   return out;
 }
 
+/**
+ * The ratio of two synchronous tasks' costs measured in tightly interleaved pairs: each pair runs a
+ * batch of `a` and a batch of `b` back to back (which goes first alternates), so both see the same
+ * machine conditions to within a fraction of a millisecond; the result is the median of the pairs'
+ * ratios. Slow drifts of a shared machine (another process, the host's steal time) that shift a
+ * whole measurement window cancel out, which window-per-task rounds cannot do.
+ */
+export function interleavedRatio(
+  a: MicroTask,
+  b: MicroTask,
+  options: { pairs: number; warmupPairs?: number },
+): number {
+  const batch = Math.max(a.batch, b.batch);
+  const ratios: number[] = [];
+  const total = (options.warmupPairs ?? 50) + options.pairs;
+  for (let i = 0; i < total; i++) {
+    const aFirst = i % 2 === 0;
+    const t0 = now();
+    if (aFirst) a.run(batch);
+    else b.run(batch);
+    const t1 = now();
+    if (aFirst) b.run(batch);
+    else a.run(batch);
+    const t2 = now();
+    if (i < total - options.pairs) continue;
+    const ta = aFirst ? t1 - t0 : t2 - t1;
+    const tb = aFirst ? t2 - t1 : t1 - t0;
+    ratios.push(Number(ta) / Number(tb));
+  }
+  return median(ratios);
+}
+
 /** Keeps results observable so the optimizer cannot drop the work. */
 export const sink: { value: unknown } = { value: undefined };
 
