@@ -21,7 +21,7 @@ import postgres from 'postgres';
 import { encryptedState, openFor, sealFor } from '../src/drizzle/columns.ts';
 import { createKeyring, encrypted, type Keyring, localKek } from '../src/index.ts';
 import { keysOf } from '../src/keys/keyring.ts';
-import { byokDeks, byokDekWraps, byokTenants } from '../src/keys/schema.ts';
+import { byokDeks, byokDekWraps, byokTenants } from '../src/store/schema-key-store.ts';
 import {
   type BenchContext,
   checkTarget,

@@ -20,5 +20,5 @@ export {
   type RotationReport,
   rotateBlindIndex,
 } from './reindex.ts';
-export { byokBlindIndexKeys } from './schema.ts';
+export { byokBlindIndexKeys } from '../store/schema-blind-index.ts';
 export { withEncryption, type WithEncryptionOptions } from './with-encryption.ts';

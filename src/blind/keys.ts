@@ -3,8 +3,8 @@ import { and, eq, ne, sql } from 'drizzle-orm';
 import { type BlindParams, decodeParams, encodeParams } from '../crypto/blind-hmac.ts';
 import { ByokConfigError, KeyNotFoundError } from '../errors.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
-import { byokDeks } from '../keys/schema.ts';
-import { byokBlindIndexKeys } from './schema.ts';
+import { byokDeks } from '../store/schema-key-store.ts';
+import { byokBlindIndexKeys } from '../store/schema-blind-index.ts';
 import { scopeStorage, start } from '../scope.ts';
 
 /**

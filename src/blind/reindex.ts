@@ -9,7 +9,7 @@ import { rawCiphertext } from '../drizzle/guard.ts';
 import { wrappedWith } from '../drizzle/middleware.ts';
 import { type BlindIndexState, blindState, indexInput, rowsOf } from './column.ts';
 import { type IndexKeyState, type IndexVersion, registryFor, store } from './keys.ts';
-import { byokBlindIndexKeys } from './schema.ts';
+import { byokBlindIndexKeys } from '../store/schema-blind-index.ts';
 
 /**
  * Maintenance of blind indexes, per tenant: backfill (index rows written before the index existed:

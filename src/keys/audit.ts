@@ -3,7 +3,7 @@
  * when 100 are waiting, and at once for anything but a KMS call (lifecycle changes, revocations).
  */
 import type { KeyStore } from './key-store.ts';
-import { byokAudit } from './schema.ts';
+import { byokAudit } from '../store/schema-key-store.ts';
 
 /** One audit row, as the keyring's parts record it. */
 export interface AuditRecord {

@@ -14,7 +14,7 @@ import type { KeyringCounters } from './events.ts';
 import { wrapIdentified } from './identity.ts';
 import type { KekInstances } from './kek-instances.ts';
 import type { KekRow, KeyStore } from './key-store.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../store/schema-key-store.ts';
 import type { Unwrapper } from './unwrap.ts';
 
 /** One wrap of a data key, as written to `byok.dek_wraps`. */

@@ -39,7 +39,7 @@ import { asPgDb } from '../store/db.ts';
 import { keysOf } from './access.ts';
 import type { KeyringContext } from './context.ts';
 import { mapLimit } from './map-limit.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../store/schema-key-store.ts';
 
 export interface HeartbeatOptions {
   /** Time between two ticks, in ms (1,000 to 3,600,000). Default 30,000. */

@@ -9,7 +9,7 @@ import { scopeStorage, start } from '../scope.ts';
 import { type AnyPgDatabase, asPgDb, type PgDb } from '../store/db.ts';
 import { rethrowStoreError } from '../store/errors.ts';
 import { assertPgDatabase } from '../store/pg.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from './schema.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../store/schema-key-store.ts';
 
 /** Row shapes read from the store. */
 export interface WrapRow {

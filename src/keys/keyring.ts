@@ -33,7 +33,7 @@ import { DekLoader } from './loader.ts';
 import { type Onboarding, type OnboardingOptions, onboarding } from './onboarding.ts';
 import { type KeyringOptions, isSingleConnection, positiveInt, validateKeyringOptions } from './options.ts';
 import { type PrefetchResult, prefetch } from './prefetch.ts';
-import { byokKeks, byokTenants } from './schema.ts';
+import { byokKeks, byokTenants } from '../store/schema-key-store.ts';
 import { openSecret, sealSecret } from './sealing.ts';
 import { loadTelemetry } from './telemetry.ts';
 import { Unwrapper } from './unwrap.ts';

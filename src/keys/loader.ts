@@ -14,7 +14,7 @@ import type { DekCreator } from './create.ts';
 import type { EventHub, KeyringCounters } from './events.ts';
 import type { KeyStore } from './key-store.ts';
 import { mapLimit } from './map-limit.ts';
-import { byokDeks } from './schema.ts';
+import { byokDeks } from '../store/schema-key-store.ts';
 import { asError, type Unwrapper } from './unwrap.ts';
 
 /** What the loaders need of the keyring. */

@@ -21,7 +21,7 @@ import { eq } from 'drizzle-orm';
 import { assertTenantId, scopeStorage } from '../scope.ts';
 import { ByokConfigError } from '../errors.ts';
 import type { Kek } from '../kms/kek.ts';
-import { byokOnboarding } from './identity-schema.ts';
+import { byokOnboarding } from '../store/schema-identity.ts';
 import {
   type AzureOnboarding,
   type AzureOnboardingOptions,
@@ -36,7 +36,7 @@ import {
 } from './onboarding-vault.ts';
 import { asPgDb } from '../store/db.ts';
 import type { KeyringContext } from './context.ts';
-import { byokTenants } from './schema.ts';
+import { byokTenants } from '../store/schema-key-store.ts';
 
 export interface AwsOnboardingOptions {
   readonly provider: 'aws';

@@ -4,7 +4,7 @@ import { ByokConfigError, ByokError, isByokError } from '../errors.ts';
 import { asPgDb } from '../store/db.ts';
 import type { DekCache, DekEntry } from './cache.ts';
 import type { KeyStore } from './key-store.ts';
-import { byokDeks } from './schema.ts';
+import { byokDeks } from '../store/schema-key-store.ts';
 import { asError } from './unwrap.ts';
 
 /** What `keyring.prefetch` did. */

@@ -7,7 +7,7 @@ import { keysOf } from '../access.ts';
 import type { KeyringContext } from '../context.ts';
 import { isRefusal } from '../heartbeat.ts';
 import { mapLimit } from '../map-limit.ts';
-import { byokKeks, byokTenants } from '../schema.ts';
+import { byokKeks, byokTenants } from '../../store/schema-key-store.ts';
 import type { TenantStatus } from './common.ts';
 import { status } from './status.ts';
 

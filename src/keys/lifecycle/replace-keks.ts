@@ -14,7 +14,7 @@ import { dekMaterial } from '../cache.ts';
 import type { KeyringContext } from '../context.ts';
 import { wrapIdentified } from '../identity.ts';
 import { checkIssuedExternalId } from '../onboarding.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../schema.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../../store/schema-key-store.ts';
 import { type LifecycleOptions, lockTenant, type TenantStatus } from './common.ts';
 import { status } from './status.ts';
 import { verifyKek } from './verify.ts';

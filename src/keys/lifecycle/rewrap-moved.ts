@@ -23,7 +23,7 @@ import type { KeyringContext } from '../context.ts';
 import { type LifecycleOptions, lockTenant, type TenantStatus } from './common.ts';
 import { status } from './status.ts';
 import { verifyKek } from './verify.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../schema.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../../store/schema-key-store.ts';
 
 export interface RewrapMovedResult {
   readonly tenantId: string;

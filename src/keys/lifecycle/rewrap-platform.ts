@@ -6,7 +6,7 @@ import { asPgDb } from '../../store/db.ts';
 import { keysOf } from '../access.ts';
 import type { KeyringContext } from '../context.ts';
 import { unwrapIdentified, wrapIdentified } from '../identity.ts';
-import { byokDeks, byokDekWraps, byokKeks } from '../schema.ts';
+import { byokDeks, byokDekWraps, byokKeks } from '../../store/schema-key-store.ts';
 import { lockTenant, rows } from './common.ts';
 
 /**

@@ -4,7 +4,7 @@ import { ByokConfigError, KeyNotFoundError } from '../../errors.ts';
 import { assertTenantId, scopeStorage } from '../../scope.ts';
 import { asPgDb } from '../../store/db.ts';
 import type { KeyringContext } from '../context.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../schema.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../../store/schema-key-store.ts';
 import { type LifecycleOptions, lockTenant } from './common.ts';
 
 /** Options of `shred`. */

@@ -4,7 +4,7 @@ import { assertTenantId, scopeStorage } from '../../scope.ts';
 import { asPgDb } from '../../store/db.ts';
 import type { KeyringContext } from '../context.ts';
 import { isMoved } from '../identity.ts';
-import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../schema.ts';
+import { byokDeks, byokDekWraps, byokKeks, byokTenants } from '../../store/schema-key-store.ts';
 import { lockHeld, type TenantStatus } from './common.ts';
 
 /** The tenant's key status. Never contains secrets (no credentials, no wrapped keys). */

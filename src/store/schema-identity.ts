@@ -1,5 +1,5 @@
 import { foreignKey, jsonb, text, timestamp } from 'drizzle-orm/pg-core';
-import { byok, byokTenants } from './schema.ts';
+import { byok, byokTenants } from './schema-key-store.ts';
 
 /**
  * Per-tenant onboarding records (`migrations/0004_key_identity.sql`, also run by `installKeyStore`):

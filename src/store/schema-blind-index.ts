@@ -10,7 +10,7 @@ import {
   timestamp,
   uniqueIndex,
 } from 'drizzle-orm/pg-core';
-import { byok, byokTenants } from '../keys/schema.ts';
+import { byok, byokTenants } from './schema-key-store.ts';
 
 /**
  * Blind index key versions, per tenant and index context. Created by

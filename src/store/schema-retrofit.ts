@@ -8,7 +8,7 @@ import {
   text,
   timestamp,
 } from 'drizzle-orm/pg-core';
-import { byok } from '../keys/schema.ts';
+import { byok } from './schema-key-store.ts';
 
 /**
  * Checkpoint tables of the retrofit engine (`runBackfill`, `rollbackBackfill`), in the `byok` schema
