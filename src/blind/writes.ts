@@ -1,5 +1,5 @@
-import { is, Name, Param, SQL, StringChunk, sql } from 'drizzle-orm';
-import { chunkText } from '../drizzle/chunks.ts';
+import { is, Param, type SQL, sql } from 'drizzle-orm';
+import { isExcluded } from '../drizzle/chunks.ts';
 import { ByokConfigError } from '../errors.ts';
 import type { Keyring } from '../keys/keyring.ts';
 import { type BlindIndexState, type BlindSource, blindState, columnsOf } from './column.ts';
@@ -124,17 +124,4 @@ function withIndexValues(
     out[ix.key] = value;
   }
   return out ?? row;
-}
-
-/** `excluded.<name>` written as sql`excluded.name`, sql.raw(...) or sql`excluded.${sql.identifier(name)}`. */
-function isExcluded(v: unknown, name: string): boolean {
-  if (!is(v, SQL)) return false;
-  let text = '';
-  for (const c of (v as SQL).queryChunks) {
-    if (c instanceof StringChunk) text += chunkText(c);
-    else if (is(c, Name)) text += `"${(c as Name).value}"`;
-    else return false;
-  }
-  const t = text.trim();
-  return t === `excluded.${name}` || t === `excluded."${name}"`;
 }

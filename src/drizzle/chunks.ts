@@ -2,7 +2,7 @@
 // 1.0 that the library depends on is bridged here, by feature detection (never a version string),
 // and every other module sees one layout. Unknown layouts are refused (fail closed).
 import * as drizzleOrm from 'drizzle-orm';
-import { type Column, is, Param, SQL, StringChunk } from 'drizzle-orm';
+import { type Column, is, Name, Param, SQL, StringChunk } from 'drizzle-orm';
 
 /**
  * The text of a StringChunk on every supported Drizzle version: 0.45 keeps `value: string[]`,
@@ -178,4 +178,20 @@ export function placeholderName(p: unknown): string {
 /** The table a column belongs to (`column.table`; not in 1.0's public column type). */
 export function columnTable(c: unknown): unknown {
   return (c as { table?: unknown }).table;
+}
+
+/**
+ * Whether `v` is `excluded.<name>` (an upsert's value proposed for the same column of the same row),
+ * written as sql`excluded.name`, sql.raw(...) or sql`excluded.${sql.identifier(name)}`.
+ */
+export function isExcluded(v: unknown, name: string): boolean {
+  if (!is(v, SQL)) return false;
+  let text = '';
+  for (const c of (v as SQL).queryChunks) {
+    if (c instanceof StringChunk) text += chunkText(c);
+    else if (is(c, Name)) text += `"${(c as Name).value}"`;
+    else return false;
+  }
+  const t = text.trim();
+  return t === `excluded.${name}` || t === `excluded."${name}"`;
 }

@@ -20,7 +20,7 @@ import {
 } from 'drizzle-orm';
 import { looksLikeEnvelope, TEXT_PREFIX, toBytes } from '../crypto/envelope.ts';
 import { ByokConfigError, EncryptedColumnUsageError } from '../errors.ts';
-import { buildSetOperations, chunkText } from './chunks.ts';
+import { buildSetOperations, chunkText, isExcluded } from './chunks.ts';
 import { encryptedState, guardedState } from './column-state.ts';
 import { prepareRelationalV2, type RelationalV2Hooks, type TableConfigV2 } from './relational-v2.ts';
 import { isTrustedSql, trustSql } from './sql-walk.ts';
@@ -362,19 +362,6 @@ function writeValue(col: Column, g: Guarded, v: unknown, site: string, update: b
     site,
     'Write a value (it is encrypted by the column), null, or use reencrypt() to move ciphertext.',
   );
-}
-
-/** `excluded.<name>` (upsert): the value proposed for the same column of the same row. */
-function isExcluded(v: unknown, name: string): boolean {
-  if (!is(v, SQL)) return false;
-  let text = '';
-  for (const c of (v as SQL).queryChunks) {
-    if (c instanceof StringChunk) text += chunkText(c);
-    else if (is(c, Name)) text += `"${(c as Name).value}"`;
-    else return false;
-  }
-  const t = text.trim();
-  return t === `excluded.${name}` || t === `excluded."${name}"`;
 }
 
 function checkSet(table: unknown, set: Record<string, unknown>): void {
