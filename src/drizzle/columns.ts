@@ -191,17 +191,31 @@ export function openFor(
   entry: DekEntry,
   env: Buffer,
 ): unknown {
+  return openField(state, entry.tenantId, fieldKeyFor(keyring, state, entry), env, false);
+}
+
+/**
+ * Opens `env` with `fk` and decodes it; every failure is the one `DecryptionFailedError`, naming the
+ * column (not secret, no oracle: which field failed is what an operator needs). `headerChecked`:
+ * the caller has checked what `open` checks first (`openChecked`).
+ */
+function openField(
+  state: EncryptedColumnState,
+  tenantId: string,
+  fk: FieldKey,
+  env: Buffer,
+  headerChecked: boolean,
+): unknown {
   let pt: Buffer;
   try {
-    pt = open(fieldKeyFor(keyring, state, entry), env);
+    pt = headerChecked ? openChecked(fk, env) : open(fk, env);
   } catch (cause) {
-    // Name the column (not secret, no oracle): which field failed is what an operator needs.
-    throw new DecryptionFailedError({ column: state.label, tenantId: entry.tenantId, cause });
+    throw new DecryptionFailedError({ column: state.label, tenantId, cause });
   }
   try {
     return state.codec.decode(pt);
   } catch {
-    throw new DecryptionFailedError({ column: state.label, tenantId: entry.tenantId });
+    throw new DecryptionFailedError({ column: state.label, tenantId });
   }
 }
 
@@ -243,17 +257,7 @@ function fromDriver(this: PgColumn, value: unknown): unknown {
       idEquals(value, DEK_ID_OFFSET, e.idWords)
     ) {
       q.keyring.countHotHit();
-      let pt: Buffer;
-      try {
-        pt = openChecked(m.fk, value);
-      } catch (cause) {
-        throw new DecryptionFailedError({ column: state.label, tenantId: e.tenantId, cause });
-      }
-      try {
-        return state.codec.decode(pt);
-      } catch {
-        throw new DecryptionFailedError({ column: state.label, tenantId: e.tenantId });
-      }
+      return openField(state, e.tenantId, m.fk, value, true);
     }
   }
   const env = envelopeOf(state, value);
