@@ -3,28 +3,28 @@
  * tenant's own KMS key (BYOK) or the platform's key.
  */
 export { type EncryptedColumnOptions, encrypted, type ReadMode } from './drizzle/columns.ts';
-export { withEncryption, type WithEncryptionOptions } from './blind/with-encryption.ts';
 export type { BlindNormalize } from './crypto/blind-hmac.ts';
 export {
-  BlindIndexUniqueViolationError,
-  type BlindIndexOptions,
-  blindIndex,
-  blindIndexValues,
-  findByBlindIndex,
-  matches,
-} from './blind/index.ts';
-export { type BlindIndexConfig, configureBlindIndexes } from './blind/keys.ts';
-export {
   type BackfillReport,
+  type BlindIndexConfig,
+  type BlindIndexOptions,
   type BlindIndexStatus,
   type BlindIndexTarget,
+  BlindIndexUniqueViolationError,
   backfillBlindIndex,
+  blindIndex,
   blindIndexStatus,
+  blindIndexValues,
+  configureBlindIndexes,
+  findByBlindIndex,
+  matches,
   type ReindexPassReport,
   type RotationEvent,
   type RotationReport,
   rotateBlindIndex,
-} from './blind/reindex.ts';
+  withEncryption,
+  type WithEncryptionOptions,
+} from './blind/index.ts';
 export { rawCiphertext, restoreCiphertext } from './drizzle/guard.ts';
 export { decryptRows } from './drizzle/raw.ts';
 export { type CiphertextBinding, reencrypt } from './drizzle/reencrypt.ts';

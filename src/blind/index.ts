@@ -1,6 +1,7 @@
 /**
  * Blind indexes: equality search on encrypted columns, as one plugin of the query pipeline. The
- * column type (`column.ts`), its keys (`keys.ts`, `schema.ts`), the write maintenance (`writes.ts`),
+ * column type (`column.ts`), its keys (`keys.ts`; their table is `store/schema-blind-index.ts`), the
+ * write maintenance (`writes.ts`),
  * the lookup rewrite (`rewrite.ts`) and its execution (`resolve.ts`), explicit lookups
  * (`lookups.ts`), re-indexing (`reindex.ts`) and the plugin (`plugin.ts`).
  */
@@ -20,5 +21,4 @@ export {
   type RotationReport,
   rotateBlindIndex,
 } from './reindex.ts';
-export { byokBlindIndexKeys } from '../store/schema-blind-index.ts';
 export { withEncryption, type WithEncryptionOptions } from './with-encryption.ts';
