@@ -33,7 +33,7 @@ import type { DekEntry } from '../keys/cache.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { COLUMN_STATE, type EncryptedColumnState, encryptedState, type ReadMode } from './column-state.ts';
 import { PendingRead, PendingWrite } from './placeholders.ts';
-import { scopeStorage, type TenantScope } from './scope.ts';
+import { scopeStorage, type TenantScope } from '../scope.ts';
 
 export { COLUMN_STATE, type EncryptedColumnState, encryptedState, type ReadMode };
 
