@@ -42,7 +42,6 @@ export async function resolveBlindParams(
     );
   // Every check that can throw runs before any query starts (no promise is left unobserved).
   const tasks: (() => Promise<void>)[] = [];
-  const macs = new Map<string, Buffer>();
   for (let i = 0; i < filled.length; i++) {
     const p = filled[i];
     if (!(p instanceof PendingBlind)) continue;
@@ -54,14 +53,15 @@ export async function resolveBlindParams(
           throw new ByokConfigError(`no value for placeholder "${item.placeholder}"`);
         return values[item.placeholder];
       });
-      const fill = (st: IndexKeyState, keyOf: (v: IndexVersion) => KeyObject) => {
+      const fill = (st: IndexKeyState, keys: readonly KeyObject[]) => {
         checkLookup(p, st);
-        filled[i] = setLiteral(macs, tenantId, p.index, st, keyOf, items);
+        filled[i] = setLiteral(p.index, st, keys, items);
       };
       const hot = reg.fresh(tenantId, p.index.context);
-      if (hot !== undefined && hot.live.every((v) => reg.hotKey(hot, v) !== undefined)) {
+      const hotKeys = hot === undefined ? undefined : hotKeysOf(reg, hot);
+      if (hot !== undefined && hotKeys !== undefined) {
         keyring.countHotHit();
-        fill(hot, (v) => reg.hotKey(hot, v)!);
+        fill(hot, hotKeys);
         continue;
       }
       tasks.push(async () => {
@@ -74,9 +74,9 @@ export async function resolveBlindParams(
           filled[i] = '{}';
           return;
         }
-        const keys = new Map<number, KeyObject>();
-        for (const v of st.live) keys.set(v.version, await reg.key(st, v, txDb));
-        fill(st, (v) => keys.get(v.version)!);
+        const keys: KeyObject[] = [];
+        for (const v of st.live) keys.push(await reg.key(st, v, txDb));
+        fill(st, keys);
       });
       continue;
     }
@@ -108,8 +108,8 @@ export async function resolveBlindParams(
       continue;
     }
     // Hot path, synchronous: the tenant's index state is fresh and its key's data key cached (the
-    // same checks as below, without a promise per value; a value looked up under one version is
-    // computed once, whichever slots ask for it).
+    // same checks as below, without a promise per value). Each slot is one live version: a slot
+    // past the live versions is NULL.
     const hot = reg.fresh(tenantId, p.index.context);
     if (hot !== undefined) {
       checkLookup(p, hot);
@@ -117,11 +117,15 @@ export async function resolveBlindParams(
         filled[i] = NO_MATCH;
         continue;
       }
-      const v: IndexVersion = hot.live[p.slot] ?? hot.live[0]!;
+      const v = hot.live[p.slot];
+      if (v === undefined) {
+        filled[i] = null; // no live version for this slot: `index = NULL` matches nothing
+        continue;
+      }
       const key = reg.hotKey(hot, v);
       if (key !== undefined) {
         keyring.countHotHit();
-        filled[i] = lookupValueOf(macs, tenantId, p.index, key, v, value);
+        filled[i] = lookupValue(p.index, key, v, value);
         continue;
       }
     }
@@ -141,56 +145,53 @@ export async function resolveBlindParams(
         filled[i] = NO_MATCH;
         return;
       }
-      const v: IndexVersion = st.live[p.slot] ?? st.live[0]!;
-      filled[i] = lookupValueOf(macs, tenantId, p.index, await reg.key(st, v, txDb), v, value);
+      const v = st.live[p.slot];
+      if (v === undefined) {
+        filled[i] = null;
+        return;
+      }
+      filled[i] = lookupValue(p.index, await reg.key(st, v, txDb), v, value);
     });
   }
+  if (tasks.length === 0) return;
   const results = await Promise.allSettled(tasks.map((t) => t()));
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
 
-/**
- * The index value of a looked-up `value` under key version `v`, computed once per (tenant, index,
- * version, value) within one statement: both slots of a value ask for the same one while a single version is live.
- */
-function lookupValueOf(
-  macs: Map<string, Buffer>,
-  tenantId: string,
-  index: BlindIndexState,
-  key: KeyObject,
-  v: IndexVersion,
-  value: unknown,
-): Buffer {
-  const memo =
-    typeof value === 'string'
-      ? `${tenantId}\u0000${index.context}\u0000${v.version}\u0000${value}`
-      : undefined;
-  if (memo !== undefined) {
-    const done = macs.get(memo);
-    if (done !== undefined) return done;
+/** The index value of a looked-up `value` under key version `v` (with `key`, that version's key). */
+function lookupValue(index: BlindIndexState, key: KeyObject, v: IndexVersion, value: unknown): Buffer {
+  return blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
+}
+
+/** The keys of every live version of `st`, when all their data keys are cached; else undefined. */
+function hotKeysOf(reg: ReturnType<typeof registryFor>, st: IndexKeyState): KeyObject[] | undefined {
+  const keys: KeyObject[] = [];
+  for (const v of st.live) {
+    const k = reg.hotKey(st, v);
+    if (k === undefined) return undefined;
+    keys.push(k);
   }
-  const out = blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
-  if (memo !== undefined) macs.set(memo, out);
-  return out;
+  return keys;
 }
 
 /**
  * The array literal (`{"\\x…",…}`, cast to `bytea[]` by the statement) of every value's index value
- * under every live key version of `st`, each distinct value once; `{}` when every value is null.
+ * under every live key version of `st` (`keys[j]` the key of `st.live[j]`), each distinct value
+ * once; `{}` when every value is null.
  */
 function setLiteral(
-  macs: Map<string, Buffer>,
-  tenantId: string,
   index: BlindIndexState,
   st: IndexKeyState,
-  keyOf: (v: IndexVersion) => KeyObject,
+  keys: readonly KeyObject[],
   items: readonly unknown[],
 ): string {
+  const values = new Set<unknown>();
   const out = new Set<string>();
   for (const value of items) {
-    if (value === null || value === undefined) continue;
-    for (const v of st.live) {
-      out.add(`"\\\\x${lookupValueOf(macs, tenantId, index, keyOf(v), v, value).toString('hex')}"`);
+    if (value === null || value === undefined || values.has(value)) continue;
+    values.add(value);
+    for (let j = 0; j < st.live.length; j++) {
+      out.add(`"\\\\x${lookupValue(index, keys[j]!, st.live[j]!, value).toString('hex')}"`);
     }
   }
   return `{${[...out].join(',')}}`;

@@ -53,8 +53,8 @@ function lookupValue(c: unknown): LookupValue | null | undefined {
 }
 
 /**
- * SQL chunks of a lookup. `eq`: `(tenant = $t and index in ($a, $b))`, two slots, one per live key
- * version. `inArray` (`set`): `(tenant = $t and index = any($values::text::bytea[]))`.
+ * SQL chunks of a lookup. `eq`: `(tenant = $t and (index = $a or index = $b))`, two slots, one per
+ * live key version. `inArray` (`set`): `(tenant = $t and index = any($values::text::bytea[]))`.
  */
 export function lookupChunks(
   target: LookupTarget,
@@ -96,9 +96,16 @@ export function lookupChunks(
       new StringChunk('::text::bytea[]))'),
     ];
   }
-  const params = values.flatMap((v) =>
-    [0, 1].map(
-      (slot) =>
+  // One equality per (value, slot): `(index = $a or index = $b)`. A slot without a live key version
+  // is sent as NULL (`index = NULL` matches nothing), so with one live version the database plans a
+  // single index equality; the statement text is the same whatever the number of live versions.
+  const out: unknown[] = [new StringChunk('('), ...tenantChunks, new StringChunk('(')];
+  for (const v of values) {
+    for (const slot of [0, 1]) {
+      if (out.length > tenantChunks.length + 2) out.push(new StringChunk(' or '));
+      out.push(
+        target.indexColumn,
+        new StringChunk(' = '),
         new Param(
           new PendingBlind('lookup', target.index, {
             ...base,
@@ -107,16 +114,11 @@ export function lookupChunks(
           }),
           LOOKUP_ENCODER,
         ),
-    ),
-  );
-  return [
-    new StringChunk('('),
-    ...tenantChunks,
-    target.indexColumn,
-    new StringChunk(' in '),
-    params,
-    new StringChunk(')'),
-  ];
+      );
+    }
+  }
+  out.push(new StringChunk('))'));
+  return out;
 }
 
 function emptyChunk(c: unknown): boolean {

@@ -6,7 +6,7 @@ import { type BuildContext, encryptedState } from './columns.ts';
 import { guardSql, installGuard } from './guard.ts';
 import type { BuiltQuery, ExecutionHooks, QueryPlugin } from './pipeline.ts';
 import {
-  collectChecks,
+  checksOf,
   instrumentCount,
   instrumentTenantIsolation,
   runChecks,
@@ -76,12 +76,17 @@ export const tenantIsolation: QueryPlugin = {
   instrumentDatabase(db, env) {
     if (env.tenantColumn !== undefined) instrumentCount(db, env.tenantColumn);
   },
-  beginBuild(root, build, env) {
+  beginBuild(_root, build, env) {
     const tenantColumn = env.tenantColumn;
     if (tenantColumn === undefined) return undefined;
+    const checks: TenantCheck[] = [];
     return {
+      sql(node) {
+        const own = checksOf(node);
+        if (own !== undefined) checks.push(...own);
+      },
       array: (row) => collectRowTenant(row, build, tenantColumn),
-      built: (query) => attachTenantChecks(query, collectChecks(root)),
+      built: (query) => attachTenantChecks(query, checks),
     };
   },
   prepare: (query) => tenantHooks(query),

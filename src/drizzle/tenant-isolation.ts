@@ -1,4 +1,4 @@
-import { and, Column, is, Param, Placeholder, SQL, StringChunk, Subquery, sql } from 'drizzle-orm';
+import { Column, is, Param, Placeholder, SQL, StringChunk, Subquery, sql } from 'drizzle-orm';
 import { PgTable } from 'drizzle-orm/pg-core';
 import { ByokConfigError, NoTenantError, TenantMismatchError } from '../errors.ts';
 import { chunkText, columnTable, placeholderName } from './chunks.ts';
@@ -80,9 +80,17 @@ function tableLabel(table: unknown): string {
   return schema === undefined ? name : `${schema}.${name}`;
 }
 
+/** One predicate node per column: it holds no per-statement value (the tenant is a placeholder). */
+const predicates = new WeakMap<Column, SQL>();
+
 /** `tenant = $scope`, off when the scope tenant is NULL (withAnyTenant, no scope). */
 function predicate(info: TenantColumnInfo): SQL {
-  return sql`(${info.column} = ${scopeTenant} or ${scopeTenant}::text is null)`;
+  let p = predicates.get(info.column);
+  if (p === undefined) {
+    p = sql`(${info.column} = ${scopeTenant} or ${scopeTenant}::text is null)`;
+    predicates.set(info.column, p);
+  }
+  return p;
 }
 
 /** The same for a table that an outer join may have null-extended (its ctid is then NULL). */
@@ -104,7 +112,13 @@ function nullablePredicate(table: unknown, info: TenantColumnInfo): SQL {
 function all(...conds: (SQL | undefined)[]): SQL | undefined {
   const present = conds.filter((c): c is SQL => c !== undefined);
   if (present.length <= 1) return present[0];
-  return and(...present.map((c) => sql`(${c})`));
+  const chunks: unknown[] = [new StringChunk('((')];
+  for (let i = 0; i < present.length; i++) {
+    if (i > 0) chunks.push(new StringChunk(') and ('));
+    chunks.push(present[i]);
+  }
+  chunks.push(new StringChunk('))'));
+  return new SQL(chunks as SQL['queryChunks']);
 }
 
 interface JoinMeta {
@@ -170,26 +184,12 @@ function attach(target: SQL, checks: TenantCheck[]): SQL {
   return target;
 }
 
-/** Every write check attached to a statement's SQL tree (insert, update set, conflict update, CTEs). */
-export function collectChecks(root: SQL): TenantCheck[] {
-  const out: TenantCheck[] = [];
-  const seen = new Set<unknown>();
-  const walk = (s: SQL) => {
-    if (seen.has(s)) return;
-    seen.add(s);
-    const own = (s as unknown as { [CHECKS]?: TenantCheck[] })[CHECKS];
-    if (own !== undefined) out.push(...own);
-    for (const c of s.queryChunks) {
-      if (c === null || typeof c !== 'object' || c instanceof StringChunk || Array.isArray(c)) continue;
-      if (is(c, SQL)) walk(c as SQL);
-      else if (is(c, Subquery)) {
-        const inner = (c as unknown as { _: { sql?: unknown } })._.sql;
-        if (is(inner, SQL)) walk(inner as SQL);
-      } else if (is(c, SQL.Aliased)) walk((c as unknown as { sql: SQL }).sql);
-    }
-  };
-  walk(root);
-  return out;
+/**
+ * The write checks attached to one SQL node (insert, update set, conflict update), if any. The
+ * pipeline's single SQL walk reaches every node of a statement (CTEs, subqueries) and collects them.
+ */
+export function checksOf(node: SQL): readonly TenantCheck[] | undefined {
+  return (node as unknown as { [CHECKS]?: TenantCheck[] })[CHECKS];
 }
 
 /** One value a statement writes to a tenant column: what must be checked when it runs. */
