@@ -40,6 +40,19 @@ export async function resolveBlindParams(
     once(`s\u0000${tenantId}\u0000${p.index.context}\u0000${create}`, () =>
       reg.load(tenantId, p.index.owner(p.tenantColumn), { create, txDb }),
     );
+  // The cached state of the last (tenant, index) asked for, with the keys of its live versions
+  // (undefined where a data key is not cached): a statement's slots and values share one lookup.
+  let hotFor:
+    | { tenantId: string; index: BlindIndexState; st: IndexKeyState; keys: (KeyObject | undefined)[] }
+    | undefined;
+  const hotOf = (tenantId: string, index: BlindIndexState) => {
+    if (hotFor === undefined || hotFor.tenantId !== tenantId || hotFor.index !== index) {
+      const st = reg.fresh(tenantId, index.context);
+      if (st === undefined) return undefined;
+      hotFor = { tenantId, index, st, keys: st.live.map((v) => reg.hotKey(st, v)) };
+    }
+    return hotFor;
+  };
   // Every check that can throw runs before any query starts (no promise is left unobserved).
   const tasks: (() => Promise<void>)[] = [];
   for (let i = 0; i < filled.length; i++) {
@@ -57,11 +70,10 @@ export async function resolveBlindParams(
         checkLookup(p, st);
         filled[i] = setLiteral(p.index, st, keys, items);
       };
-      const hot = reg.fresh(tenantId, p.index.context);
-      const hotKeys = hot === undefined ? undefined : hotKeysOf(reg, hot);
-      if (hot !== undefined && hotKeys !== undefined) {
+      const hot = hotOf(tenantId, p.index);
+      if (hot?.keys.every((k) => k !== undefined)) {
         keyring.countHotHit();
-        fill(hot, hotKeys);
+        fill(hot.st, hot.keys as KeyObject[]);
         continue;
       }
       tasks.push(async () => {
@@ -110,19 +122,19 @@ export async function resolveBlindParams(
     // Hot path, synchronous: the tenant's index state is fresh and its key's data key cached (the
     // same checks as below, without a promise per value). Each slot is one live version: a slot
     // past the live versions is NULL.
-    const hot = reg.fresh(tenantId, p.index.context);
+    const hot = hotOf(tenantId, p.index);
     if (hot !== undefined) {
-      checkLookup(p, hot);
+      checkLookup(p, hot.st);
       if (value === null || value === undefined) {
         filled[i] = NO_MATCH;
         continue;
       }
-      const v = hot.live[p.slot];
+      const v = hot.st.live[p.slot];
       if (v === undefined) {
         filled[i] = null; // no live version for this slot: `index = NULL` matches nothing
         continue;
       }
-      const key = reg.hotKey(hot, v);
+      const key = hot.keys[p.slot];
       if (key !== undefined) {
         keyring.countHotHit();
         filled[i] = lookupValue(p.index, key, v, value);
@@ -161,17 +173,6 @@ export async function resolveBlindParams(
 /** The index value of a looked-up `value` under key version `v` (with `key`, that version's key). */
 function lookupValue(index: BlindIndexState, key: KeyObject, v: IndexVersion, value: unknown): Buffer {
   return blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
-}
-
-/** The keys of every live version of `st`, when all their data keys are cached; else undefined. */
-function hotKeysOf(reg: ReturnType<typeof registryFor>, st: IndexKeyState): KeyObject[] | undefined {
-  const keys: KeyObject[] = [];
-  for (const v of st.live) {
-    const k = reg.hotKey(st, v);
-    if (k === undefined) return undefined;
-    keys.push(k);
-  }
-  return keys;
 }
 
 /**

@@ -86,7 +86,7 @@ export class PendingBlind extends BlindSealed {
   /** Writes: the row's tenant when known when the statement was built. */
   readonly tenantId: string | undefined;
   readonly placeholder: string | undefined;
-  /** Lookups: which live key version (0: active, 1: retiring or the active again). */
+  /** Lookups: which live key version (0: active, 1: the pending or retiring one; NULL when none). */
   readonly slot: number;
   readonly allowLossy: boolean;
   /** `lookup-set`: the values looked up (or their placeholders), matched under every live version. */

@@ -83,6 +83,8 @@ interface Pipeline {
   readonly plugins: readonly QueryPlugin[];
   /** The plugins with a `pendingParam` hook (checked for every parameter of every statement). */
   readonly pending: readonly QueryPlugin[];
+  /** The plugins with a `resolveParams` hook (awaited in order before a statement runs). */
+  readonly resolvers: readonly QueryPlugin[];
 }
 
 /** The pipeline each instrumented dialect (shared by a database, its transactions) runs. */
@@ -134,6 +136,7 @@ export function withPlugins<TDb extends AnyPgDatabase>(
     },
     plugins,
     pending: plugins.filter((p) => p.pendingParam !== undefined),
+    resolvers: plugins.filter((p) => p.resolveParams !== undefined),
   };
   // withReplicas(primary, replicas): the object shares the primary's dialect and session; every
   // replica is a Drizzle instance of its own and is instrumented the same way.
@@ -469,7 +472,7 @@ async function resolveParams(
       return p;
     }),
   );
-  for (const p of pipeline.plugins) await p.resolveParams?.(filled, values, { keyring, txDb });
+  for (const p of pipeline.resolvers) await p.resolveParams!(filled, values, { keyring, txDb });
   const tenants = new Set<string>();
   for (const p of filled) if (p instanceof PendingWrite) tenants.add(p.tenantId);
   if (tenants.size === 0) return filled;

@@ -1,4 +1,4 @@
-import { Column, is, Param, Placeholder, SQL, StringChunk, Subquery, sql } from 'drizzle-orm';
+import { Column, is, Param, Placeholder, SQL, StringChunk, sql } from 'drizzle-orm';
 import { PgTable } from 'drizzle-orm/pg-core';
 import { ByokConfigError, NoTenantError, TenantMismatchError } from '../errors.ts';
 import { chunkText, columnTable, placeholderName } from './chunks.ts';
