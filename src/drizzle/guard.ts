@@ -111,6 +111,11 @@ function expr(c: unknown, site: string): void {
     if (c.encoder !== undefined && guardedOf(c.encoder) !== undefined) refuse(guardedOf(c.encoder)!, site);
     return;
   }
+  if (c instanceof Column) {
+    const g = guardedOf(c);
+    if (g !== undefined) refuse(g, site);
+    return;
+  }
   if (ArrayBuffer.isView(c) || c instanceof Date) return;
   if (Array.isArray(c)) {
     for (const x of c) expr(x, site);
@@ -319,7 +324,7 @@ function projectedSql(s: SQL, site: string): Guarded | undefined {
 // Sources: tables, views, subqueries and CTEs re-selected (checked where they were built)
 
 function source(t: unknown, site: string): void {
-  if (t === null || typeof t !== 'object') return;
+  if (t === null || typeof t !== 'object' || t instanceof Table) return;
   if (is(t, Subquery)) {
     const inner = (t as unknown as { _: { sql: SQL } })._.sql;
     if (!queries.has(inner)) expr(inner, site);

@@ -57,9 +57,25 @@ interface TenantColumnInfo {
   readonly column: Column;
 }
 
+/** `tenantColumnOf` per table (and alias) object and tenant column name: tables do not change. */
+const tenantColumns = new WeakMap<object, Map<string, TenantColumnInfo | null>>();
+
 /** The tenant column of a table (database or property name), or undefined (not scoped). */
 export function tenantColumnOf(table: unknown, tenantColumn: string): TenantColumnInfo | undefined {
   if (!is(table, PgTable)) return undefined;
+  let byName = tenantColumns.get(table as object);
+  const known = byName?.get(tenantColumn);
+  if (known !== undefined) return known ?? undefined;
+  const info = findTenantColumn(table, tenantColumn);
+  if (byName === undefined) {
+    byName = new Map();
+    tenantColumns.set(table as object, byName);
+  }
+  byName.set(tenantColumn, info ?? null);
+  return info;
+}
+
+function findTenantColumn(table: unknown, tenantColumn: string): TenantColumnInfo | undefined {
   const t = table as unknown as Record<symbol, unknown>;
   if (t[Sym.Schema] === KEY_STORE_SCHEMA) return undefined;
   const columns = t[Sym.Columns] as Record<string, Column> | undefined;
