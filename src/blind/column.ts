@@ -36,8 +36,8 @@ import { type IndexKeyOwner, store } from './keys.ts';
  *   Setting the index column yourself is refused.
  * - Query path: `eq(source, value)` and `inArray(source, values)` (or the same on the index column)
  *   become `(tenant = $tenant and (index = $v1 or index = $v2))` (one slot per live index key
- *   version) and `(tenant = $tenant and index = any($values))`, computed under the tenant in scope. Anything else on an encrypted column still throws
- *   `EncryptedComparisonError` (fail closed).
+ *   version) and `(tenant = $tenant and index = any($values))`, computed under the tenant in scope.
+ *   Anything else on an encrypted column still throws `EncryptedComparisonError` (fail closed).
  * - See docs/blind-index.md for key derivation, rotation, leakage and false positives.
  */
 

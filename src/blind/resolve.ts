@@ -137,7 +137,7 @@ export async function resolveBlindParams(
       const key = hot.keys[p.slot];
       if (key !== undefined) {
         keyring.countHotHit();
-        filled[i] = lookupValue(p.index, key, v, value);
+        filled[i] = lookupIndexValue(p.index, key, v, value);
         continue;
       }
     }
@@ -162,7 +162,7 @@ export async function resolveBlindParams(
         filled[i] = null;
         return;
       }
-      filled[i] = lookupValue(p.index, await reg.key(st, v, txDb), v, value);
+      filled[i] = lookupIndexValue(p.index, await reg.key(st, v, txDb), v, value);
     });
   }
   if (tasks.length === 0) return;
@@ -171,7 +171,7 @@ export async function resolveBlindParams(
 }
 
 /** The index value of a looked-up `value` under key version `v` (with `key`, that version's key). */
-function lookupValue(index: BlindIndexState, key: KeyObject, v: IndexVersion, value: unknown): Buffer {
+function lookupIndexValue(index: BlindIndexState, key: KeyObject, v: IndexVersion, value: unknown): Buffer {
   return blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
 }
 
@@ -192,7 +192,7 @@ function setLiteral(
     if (value === null || value === undefined || values.has(value)) continue;
     values.add(value);
     for (let j = 0; j < st.live.length; j++) {
-      out.add(`"\\\\x${lookupValue(index, keys[j]!, st.live[j]!, value).toString('hex')}"`);
+      out.add(`"\\\\x${lookupIndexValue(index, keys[j]!, st.live[j]!, value).toString('hex')}"`);
     }
   }
   return `{${[...out].join(',')}}`;
