@@ -234,15 +234,15 @@ for (const target of TARGETS) {
         ).rejects.toBeInstanceOf(TenantMismatchError);
         // a write nested in another statement is checked too: an insert in a CTE writing another
         // tenant's row is refused and writes nothing (its check is found by the build's SQL walk)
-        const smuggled = e.db.$with('smuggled').as(
-          e.db
-            .insert(copies())
-            .values({ id: randomUUID(), tenantId: B, seq: -1 })
-            .returning({ id: copies().id }),
-        );
-        await expect(e.db.with(smuggled).select().from(smuggled)).rejects.toBeInstanceOf(
-          TenantMismatchError,
-        );
+        const smuggled = e.db
+          .$with('smuggled')
+          .as(
+            e.db
+              .insert(copies())
+              .values({ id: randomUUID(), tenantId: B, seq: -1 })
+              .returning({ id: copies().id }),
+          );
+        await expect(e.db.with(smuggled).select().from(smuggled)).rejects.toBeInstanceOf(TenantMismatchError);
         expect(await withAnyTenant(() => e.db.$count(copies(), eq(copies().seq, -1)))).toBe(0);
         // copying the tenant's own rows (tenant column of a scoped table) works and copies only them
         const own = await e.db.$count(e.s.patients);
