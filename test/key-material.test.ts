@@ -85,6 +85,7 @@ describe('no key bytes reachable from the public API', () => {
       'getDekVersion',
       'fieldKey',
       'derivedKey',
+      'blindKey',
       'cache',
       // what unwraps data keys or opens KEK credentials is internal too
       'platformKek',

@@ -1,6 +1,5 @@
-import type { KeyObject } from 'node:crypto';
 import { and, eq, ne, sql } from 'drizzle-orm';
-import { type BlindParams, decodeParams, encodeParams } from '../crypto/blind-hmac.ts';
+import { type BlindKey, type BlindParams, decodeParams, encodeParams } from '../crypto/blind-hmac.ts';
 import { ByokConfigError, KeyNotFoundError } from '../errors.ts';
 import { type AnyPgDatabase, type Keyring, keysOf } from '../keys/keyring.ts';
 import { byokDeks } from '../store/schema-key-store.ts';
@@ -11,7 +10,7 @@ import { scopeStorage, start } from '../scope.ts';
  * Index key versions of (tenant, index context): loaded from `byok.blind_index_keys`, created on the
  * first write, cached per keyring for `stateMaxAgeMs` (and dropped on any invalidation of the tenant,
  * local or through LISTEN/NOTIFY). The cache holds version numbers and data key ids only; the keys
- * themselves are derived on demand from the keyring's data key cache (`keysOf(keyring).derivedKey`), so they
+ * themselves are derived on demand from the keyring's data key cache (`keysOf(keyring).blindKey`), so they
  * are zeroed and dropped with the data key, and a shredded tenant's index cannot be computed.
  */
 export interface IndexVersion {
@@ -223,15 +222,15 @@ export class BlindKeyRegistry {
   }
 
   /** The key of `v`, if its data key is cached (synchronous hot path). */
-  hotKey(state: IndexKeyState, v: IndexVersion): KeyObject | undefined {
+  hotKey(state: IndexKeyState, v: IndexVersion): BlindKey | undefined {
     if (v.dekId === null) return undefined;
     const entry = keysOf(this.keyring).cache.get(v.dekId);
     if (entry === undefined) return undefined;
-    return keysOf(this.keyring).derivedKey(entry, keyLabel(v.version), state.context);
+    return keysOf(this.keyring).blindKey(entry, keyLabel(v.version), state.context);
   }
 
   /** The key of `v`, loading (and unwrapping) its data key when needed. */
-  async key(state: IndexKeyState, v: IndexVersion, txDb?: AnyPgDatabase): Promise<KeyObject> {
+  async key(state: IndexKeyState, v: IndexVersion, txDb?: AnyPgDatabase): Promise<BlindKey> {
     const hot = this.hotKey(state, v);
     if (hot !== undefined) return hot;
     if (v.dekId === null) {
@@ -246,7 +245,7 @@ export class BlindKeyRegistry {
         tenantId: state.tenantId,
       });
     }
-    return keysOf(this.keyring).derivedKey(entry, keyLabel(v.version), state.context);
+    return keysOf(this.keyring).blindKey(entry, keyLabel(v.version), state.context);
   }
 }
 

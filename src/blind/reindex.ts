@@ -146,7 +146,7 @@ async function reindexPass(
 ): Promise<ReindexPassReport> {
   const db = asPgDb(database);
   const tenantId = st.tenantId;
-  const key = await registryFor(keyring).key(st, version);
+  const reg = registryFor(keyring);
   let cursor: string | undefined;
   if (resume) {
     const [row] = await store(() =>
@@ -183,6 +183,9 @@ async function reindexPass(
     })) as { k: string; v: unknown; raw: unknown; idx: unknown }[];
     if (rows.length === 0) break;
     scanned += rows.length;
+    // Per batch: a pass can outlive its data key's cache entry (max age, eviction), which destroys
+    // the index key; asking again reloads the data key through its KEK when needed.
+    const key = await reg.key(st, version);
     const changes: SQL[] = [];
     for (const row of rows) {
       const want =

@@ -1,5 +1,4 @@
-import type { KeyObject } from 'node:crypto';
-import { blindValue, EXACT_MIN_BYTES, NO_MATCH } from '../crypto/blind-hmac.ts';
+import { type BlindKey, blindValue, EXACT_MIN_BYTES, NO_MATCH } from '../crypto/blind-hmac.ts';
 import { ByokConfigError, EncryptedComparisonError, NoTenantError } from '../errors.ts';
 import type { AnyPgDatabase, Keyring } from '../keys/keyring.ts';
 import { scopeStorage } from '../scope.ts';
@@ -43,7 +42,7 @@ export async function resolveBlindParams(
   // The cached state of the last (tenant, index) asked for, with the keys of its live versions
   // (undefined where a data key is not cached): a statement's slots and values share one lookup.
   let hotFor:
-    | { tenantId: string; index: BlindIndexState; st: IndexKeyState; keys: (KeyObject | undefined)[] }
+    | { tenantId: string; index: BlindIndexState; st: IndexKeyState; keys: (BlindKey | undefined)[] }
     | undefined;
   const hotOf = (tenantId: string, index: BlindIndexState) => {
     if (hotFor === undefined || hotFor.tenantId !== tenantId || hotFor.index !== index) {
@@ -66,14 +65,14 @@ export async function resolveBlindParams(
           throw new ByokConfigError(`no value for placeholder "${item.placeholder}"`);
         return values[item.placeholder];
       });
-      const fill = (st: IndexKeyState, keys: readonly KeyObject[]) => {
+      const fill = (st: IndexKeyState, keys: readonly BlindKey[]) => {
         checkLookup(p, st);
         filled[i] = setLiteral(p.index, st, keys, items);
       };
       const hot = hotOf(tenantId, p.index);
       if (hot?.keys.every((k) => k !== undefined)) {
         keyring.countHotHit();
-        fill(hot.st, hot.keys as KeyObject[]);
+        fill(hot.st, hot.keys as BlindKey[]);
         continue;
       }
       tasks.push(async () => {
@@ -86,8 +85,14 @@ export async function resolveBlindParams(
           filled[i] = '{}';
           return;
         }
-        const keys: KeyObject[] = [];
-        for (const v of st.live) keys.push(await reg.key(st, v, txDb));
+        // A key loaded first can be destroyed (its data key evicted) while a later one loads:
+        // load again until all are live together, then use them in the same synchronous step.
+        const keys: BlindKey[] = [];
+        for (let round = 0; round < 5; round++) {
+          for (let j = 0; j < st.live.length; j++)
+            if (keys[j]?.destroyed !== false) keys[j] = await reg.key(st, st.live[j]!, txDb);
+          if (keys.every((k) => !k.destroyed)) break;
+        }
         fill(st, keys);
       });
       continue;
@@ -171,7 +176,7 @@ export async function resolveBlindParams(
 }
 
 /** The index value of a looked-up `value` under key version `v` (with `key`, that version's key). */
-function lookupIndexValue(index: BlindIndexState, key: KeyObject, v: IndexVersion, value: unknown): Buffer {
+function lookupIndexValue(index: BlindIndexState, key: BlindKey, v: IndexVersion, value: unknown): Buffer {
   return blindValue(key, v.version, indexInput(index, v.params, value), v.params.bytes);
 }
 
@@ -183,7 +188,7 @@ function lookupIndexValue(index: BlindIndexState, key: KeyObject, v: IndexVersio
 function setLiteral(
   index: BlindIndexState,
   st: IndexKeyState,
-  keys: readonly KeyObject[],
+  keys: readonly BlindKey[],
   items: readonly unknown[],
 ): string {
   const values = new Set<unknown>();

@@ -1,4 +1,6 @@
-import { createHmac, type KeyObject } from 'node:crypto';
+import { hmac } from '@noble/hashes/hmac';
+import { sha256 } from '@noble/hashes/sha2';
+import { ByokError } from '../errors.ts';
 
 /**
  * Blind index values: keyed HMAC-SHA256 over the normalized plaintext, truncated, prefixed by the
@@ -76,12 +78,64 @@ export function normalizeText(s: string, p: BlindParams): string {
   return out;
 }
 
+type Hmac = ReturnType<typeof hmac.create>;
+
+/** The HMAC state of a blind index key (library-internal: never exported from the package). */
+let macOf: (key: BlindKey) => Hmac;
+
+/**
+ * A blind index key: HMAC-SHA256 keyed by a 32-byte subkey, with the inner and outer padded key
+ * blocks hashed once, when the key is made. Each index value then costs two SHA-256 compressions
+ * of its own (one for inputs up to 55 bytes, plus the outer one) on a copy of that state, with no
+ * native call: node:crypto's `createHmac` sets up an OpenSSL MAC context per value, the largest part
+ * of a lookup's cost when its code is cold after a database round trip.
+ *
+ * SHA-256 has no secret-dependent branches or table lookups, so computing it in JavaScript is
+ * constant-time like OpenSSL's. Implementation: `@noble/hashes` (audited), checked against
+ * node:crypto and the RFC 4231 vectors in the tests. The state is a private field (no
+ * `util.inspect`, JSON or property walk reaches it), and `destroy()` zeroes it: the key cache
+ * destroys a data key's blind index keys when it evicts the data key.
+ */
+export class BlindKey {
+  readonly #mac: Hmac;
+  #destroyed = false;
+
+  private constructor(mac: Hmac) {
+    this.#mac = mac;
+  }
+
+  /** A key from its raw bytes (which the caller zeroes: the key keeps no copy of them). */
+  static of(raw: Uint8Array): BlindKey {
+    return new BlindKey(hmac.create(sha256, raw));
+  }
+
+  /** Whether `destroy()` ran: the key can no longer compute values. */
+  get destroyed(): boolean {
+    return this.#destroyed;
+  }
+
+  /** Zeroes the key's state; any later use throws. */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    this.#mac.destroy();
+  }
+
+  static {
+    macOf = (key) => {
+      if (key.#destroyed) throw new ByokError('data key was evicted while in use; retry the query');
+      return key.#mac;
+    };
+  }
+}
+
 /** The stored index value of `input` (already normalized and encoded) under `key`. */
-export function blindValue(key: KeyObject, version: number, input: Uint8Array, bytes: number): Buffer {
-  const mac = createHmac('sha256', key).update(input).digest();
+export function blindValue(key: BlindKey, version: number, input: Uint8Array, bytes: number): Buffer {
+  // A copy of the keyed state: digest() zeroes the copy, never the key's own state.
+  const mac = macOf(key).clone().update(input).digest();
   const out = Buffer.allocUnsafe(1 + bytes);
   out[0] = version;
-  mac.copy(out, 1, 0, bytes);
+  out.set(mac.subarray(0, bytes), 1);
   mac.fill(0);
   return out;
 }

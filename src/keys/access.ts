@@ -1,5 +1,5 @@
-import type { KeyObject } from 'node:crypto';
 import type { FieldKey } from '../crypto/aead.ts';
+import type { BlindKey } from '../crypto/blind-hmac.ts';
 import type { Kek } from '../kms/kek.ts';
 import type { AnyPgDatabase } from '../store/db.ts';
 import type { DekCache, DekEntry } from './cache.ts';
@@ -17,7 +17,7 @@ export interface KeyAccess {
   getDekVersion(tenantId: string, version: number, txDb?: AnyPgDatabase): Promise<DekEntry>;
   getActiveDek(tenantId: string, txDb?: AnyPgDatabase): Promise<DekEntry>;
   fieldKey(entry: DekEntry, context: string): FieldKey;
-  derivedKey(entry: DekEntry, label: string, context: string): KeyObject;
+  blindKey(entry: DekEntry, label: string, context: string): BlindKey;
   /** The platform KEK (it unwraps data keys: internal like them). */
   readonly platformKek: Kek;
   platformKekFor(keyRef: string): Kek | undefined;

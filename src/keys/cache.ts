@@ -1,14 +1,14 @@
 import { ByokConfigError } from '../errors.ts';
-import type { KeyObject } from 'node:crypto';
 import { inspect } from 'node:util';
 import { type FieldKey, idEquals, idWordsOf } from '../crypto/aead.ts';
+import type { BlindKey } from '../crypto/blind-hmac.ts';
 import { DEK_ID_OFFSET, envelopeDekId } from '../crypto/envelope.ts';
 
 /**
  * The cache of unwrapped data keys. Bounded (LRU over `maxEntries`) and time-limited (`maxAgeMs`,
  * required: there is no way to cache a key forever). Evicted entries have their raw key bytes
- * zeroed; derived subkeys live in node:crypto `KeyObject`s, which Node cannot zero: they are dropped
- * and released to the garbage collector. Failures are never cached.
+ * zeroed, and so are their blind index keys; field subkeys live in node:crypto `KeyObject`s, which
+ * Node cannot zero: they are dropped and released to the garbage collector. Failures are never cached.
  */
 export interface DekCacheOptions {
   /** Most data keys held at once. Default 10,000 (about 1.5 MiB with derived subkeys). */
@@ -51,7 +51,7 @@ export class DekEntry {
     this.version = version;
     this.expiresAt = now + maxAgeMs;
     this.lastUsed = now;
-    this.#material = { raw, fieldKeys: new Map(), derived: new Map(), derivedObjects: new Map() };
+    this.#material = { raw, fieldKeys: new Map(), blindKeys: new Map() };
   }
 
   toJSON(): unknown {
@@ -73,10 +73,8 @@ export interface DekMaterial {
   readonly raw: Buffer;
   /** Field subkeys by column context. */
   readonly fieldKeys: Map<string, FieldKey>;
-  /** Other derived keys (blind index keys) by label and context: raw bytes (zeroed on eviction)... */
-  readonly derived: Map<string, Buffer>;
-  /** ...and the same keys as KeyObjects for node:crypto. */
-  readonly derivedObjects: Map<string, KeyObject>;
+  /** Blind index keys by label and context (destroyed, i.e. zeroed, on eviction). */
+  readonly blindKeys: Map<string, BlindKey>;
 }
 
 export class DekCache {
@@ -227,10 +225,9 @@ export class DekCache {
       e.evicted = true;
       const m = dekMaterial(e);
       m.raw.fill(0);
-      for (const d of m.derived.values()) d.fill(0);
+      for (const k of m.blindKeys.values()) k.destroy();
       m.fieldKeys.clear();
-      m.derived.clear();
-      m.derivedObjects.clear();
+      m.blindKeys.clear();
     }
   }
 }

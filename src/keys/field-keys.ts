@@ -3,8 +3,8 @@
  * purposes (blind indexes). Memoized on the cache entry and zeroed with it. On the hot path of every
  * encrypted field: no allocation once memoized.
  */
-import { createSecretKey, type KeyObject } from 'node:crypto';
 import { contextBytes, deriveFieldKey, deriveSubkey, type FieldKey } from '../crypto/aead.ts';
+import { BlindKey } from '../crypto/blind-hmac.ts';
 import { ByokError } from '../errors.ts';
 import { type DekEntry, dekMaterial } from './cache.ts';
 
@@ -24,23 +24,23 @@ export function fieldKey(entry: DekEntry, context: string): FieldKey {
 }
 
 /**
- * A 32-byte key derived from a cached data key for another purpose than field encryption
- * (`label`, e.g. "blind-index/v1"), bound to `context`. Memoized on the entry and zeroed with it;
- * returned as a KeyObject (HMAC and AES with Buffer keys are ~10x slower on OpenSSL 3).
+ * The blind index key derived from a cached data key for `label` (e.g. "blind-index/v1"), bound to
+ * `context`. Memoized on the entry and destroyed (zeroed) with it; the raw subkey is zeroed as soon
+ * as the key's HMAC state is made.
  */
-export function derivedKey(entry: DekEntry, label: string, context: string): KeyObject {
+export function blindKey(entry: DekEntry, label: string, context: string): BlindKey {
   const memoKey = `${label}\u0000${context}`;
   const m = dekMaterial(entry);
-  let k = m.derivedObjects.get(memoKey);
+  let k = m.blindKeys.get(memoKey);
   if (k === undefined) {
     if (entry.evicted)
       throw new ByokError('data key was evicted while in use; retry the query', {
         tenantId: entry.tenantId,
       });
     const raw = deriveSubkey(m.raw, label, contextBytes(entry.tenantId, context));
-    k = createSecretKey(raw);
-    m.derived.set(memoKey, raw);
-    m.derivedObjects.set(memoKey, k);
+    k = BlindKey.of(raw);
+    raw.fill(0);
+    m.blindKeys.set(memoKey, k);
   }
   return k;
 }

@@ -23,7 +23,7 @@ import { DekCache } from './cache.ts';
 import type { KeyringContext } from './context.ts';
 import { type DekWrap, DekCreator } from './create.ts';
 import { type ByokEvent, type ByokEventListener, EventHub, type KeyringCounters } from './events.ts';
-import { derivedKey, fieldKey } from './field-keys.ts';
+import { blindKey, fieldKey } from './field-keys.ts';
 import { type Heartbeat, type HeartbeatOptions, isRefusal, startHeartbeat } from './heartbeat.ts';
 import { InvalidationBus, type Notice } from './invalidation/index.ts';
 import { KekInstances } from './kek-instances.ts';
@@ -153,7 +153,7 @@ export class Keyring implements KeyringContext {
       getDekVersion: (tenantId, version, txDb) => loader.getDekVersion(tenantId, version, txDb),
       getActiveDek: (tenantId, txDb) => loader.getActiveDek(tenantId, txDb),
       fieldKey,
-      derivedKey,
+      blindKey,
       platformKek: this.#platformKek,
       platformKekFor,
       kekFor: (row) => this.#keks.kekFor(row),

@@ -80,7 +80,8 @@ async function loadIndexKeys(run: Run, tenants: Set<string>, keys: BatchKeys): P
   for (const tenant of tenants) {
     if (keys.failedTenants.has(tenant) || !keys.active.has(tenant)) continue;
     run.indexes.forEach((_, j) => {
-      if (!keys.index.has(`${tenant}\u0000${j}`)) wanted.push({ tenant, j });
+      // A destroyed key: its data key was evicted from the cache since it was loaded.
+      if (keys.index.get(`${tenant}\u0000${j}`)?.key.destroyed !== false) wanted.push({ tenant, j });
     });
   }
   const loaded = await Promise.allSettled(

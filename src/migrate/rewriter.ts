@@ -115,6 +115,13 @@ export class Rewriter {
     return fk;
   }
 
+  /** Whether an index key of `tenant` was loaded and since destroyed (its data key evicted). */
+  #indexKeyLost(tenant: string, keys: BatchKeys): boolean {
+    for (let j = 0; j < this.run.indexes.length; j++)
+      if (keys.index.get(`${tenant}\u0000${j}`)?.key.destroyed === true) return true;
+    return false;
+  }
+
   /** The value of index `j` for an app value of its column, or undefined without a key (dry run). */
   indexValue(j: number, tenant: string, value: unknown, keys: BatchKeys): Buffer | undefined {
     const k = keys.index.get(`${tenant}\u0000${j}`);
@@ -152,7 +159,7 @@ export class Rewriter {
     if (tenant === null) return COUNT('noTenant');
     if (keys.failedTenants.has(tenant)) return COUNT('tenantSkipped');
     const active = keys.active.get(tenant);
-    if (active === undefined || active.evicted) return NEED_KEY;
+    if (active === undefined || active.evicted || this.#indexKeyLost(tenant, keys)) return NEED_KEY;
     if (stored.kind !== 'envelope') return WORK;
     if (stored.dekId === active.id) return COUNT('alreadyDone');
     if (!this.run.reencrypt) return COUNT('stale');

@@ -2,10 +2,10 @@
  * One backfill run: its validated configuration, the result it fills, and the shapes the planner,
  * the worker, the rewriter and the writer pass to each other.
  */
-import { createHash, type KeyObject, randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { type SQL, sql } from 'drizzle-orm';
-import type { BlindParams } from '../crypto/blind-hmac.ts';
+import type { BlindKey, BlindParams } from '../crypto/blind-hmac.ts';
 import { type BlindIndexState, tableBlindIndexes } from '../blind/index.ts';
 import type { IndexKeyOwner } from '../blind/index.ts';
 import { ByokConfigError, KmsThrottledError, KmsUnavailableError } from '../errors.ts';
@@ -118,7 +118,7 @@ export function emptyKeys(): BatchKeys {
 export interface IndexKey {
   readonly version: number;
   readonly params: BlindParams;
-  readonly key: KeyObject;
+  readonly key: BlindKey;
 }
 
 /** A blind index of one of the columns the engine rewrites. */
