@@ -96,6 +96,35 @@ describe('blind index values (HMAC-SHA256 with a precomputed key state)', () => 
     );
   });
 
+  it('values of several keys interleaved, inputs across block sizes: each equals its reference (property)', () => {
+    // One working state serves every key: nothing of a previous key or input may carry over.
+    const raws = [randomBytes(32), randomBytes(32), randomBytes(32)];
+    const keys = raws.map((r) => BlindKey.of(r));
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.integer({ min: 0, max: 2 }), fc.uint8Array({ maxLength: 200 })), {
+          minLength: 1,
+          maxLength: 30,
+        }),
+        (steps) => {
+          for (const [which, input] of steps) {
+            expect(blindValue(keys[which]!, 3, input, 32).equals(reference(raws[which]!, 3, input, 32))).toBe(
+              true,
+            );
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
+    // a destroyed key in between changes nothing for the others
+    const gone = BlindKey.of(randomBytes(32));
+    gone.destroy();
+    expect(() => blindValue(gone, 1, Buffer.from('x'), 16)).toThrow(ByokError);
+    expect(
+      blindValue(keys[0]!, 1, Buffer.from('x'), 16).equals(reference(raws[0]!, 1, Buffer.from('x'), 16)),
+    ).toBe(true);
+  });
+
   it('different keys give different values for the same input', () => {
     const input = Buffer.from('ada@example.com');
     expect(blindValue(BlindKey.of(randomBytes(32)), 1, input, 16)).not.toEqual(

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { inspect } from 'node:util';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { contextBytes, deriveFieldKey, keyOf, open, seal } from '../src/crypto/aead.ts';
 import {
@@ -80,6 +81,27 @@ describe('AES-256-GCM field envelope', () => {
     }
     for (const len of [0, 10, OVERHEAD - 1, env.length - 1])
       expect(() => open(fk, env.subarray(0, len))).toThrow(DecryptionFailedError);
+  });
+
+  it('a shortened or short-tagged envelope never opens: the tag is always its full last 16 bytes (property)', () => {
+    // open takes the tag from the envelope's framing (no authTagLength option): a GCM tag cut to
+    // 4, 8 or 12 bytes, or any truncation, must still fail, never authenticate a shorter tag.
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), fc.integer({ min: 1, max: 16 }), (pt, cut) => {
+        const env = seal(fk, pt);
+        expect(open(fk, env).equals(Buffer.from(pt))).toBe(true);
+        expect(() => open(fk, env.subarray(0, env.length - cut))).toThrow(DecryptionFailedError);
+        // the same body with a short tag that is a prefix of the real one
+        for (const tagLen of [4, 8, 12]) {
+          const short = Buffer.concat([
+            env.subarray(0, env.length - 16),
+            env.subarray(env.length - 16, env.length - 16 + tagLen),
+          ]);
+          expect(() => open(fk, short)).toThrow(DecryptionFailedError);
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('binds tenant, table and column (AAD and key derivation), and an optional row key', () => {

@@ -78,8 +78,6 @@ export function idWordsOf(id: Uint8Array): [number, number, number, number] {
   return [b.readUInt32BE(0), b.readUInt32BE(4), b.readUInt32BE(8), b.readUInt32BE(12)];
 }
 
-const DECIPHER_OPTIONS = { authTagLength: TAG_BYTES } as const;
-
 const SALT = Buffer.from('drizzle-byok/v1');
 
 function lengthPrefixed(s: string | Uint8Array): Buffer {
@@ -132,7 +130,9 @@ export function deriveFieldKey(
 export function seal(fk: FieldKey, plaintext: Uint8Array, rowKey?: Uint8Array): Buffer {
   const n = plaintext.length;
   const out = Buffer.allocUnsafe(OVERHEAD + n);
-  fk.header.copy(out, 0);
+  // TypedArray#set, not Buffer#copy: the same bytes without copy's argument handling (measurable
+  // at four copies per value).
+  out.set(fk.header, 0);
   writeIv(out, IV_OFFSET);
   const cipher = createCipheriv('aes-256-gcm', keyOf(fk), out.subarray(IV_OFFSET, IV_OFFSET + IV_BYTES));
   if (rowKey === undefined) {
@@ -142,10 +142,9 @@ export function seal(fk: FieldKey, plaintext: Uint8Array, rowKey?: Uint8Array): 
     cipher.setAAD(fk.aadRowKeyed);
     cipher.setAAD(lengthPrefixed(rowKey));
   }
-  const body = cipher.update(plaintext);
-  body.copy(out, HEADER_BYTES + IV_BYTES);
+  out.set(cipher.update(plaintext), HEADER_BYTES + IV_BYTES);
   cipher.final();
-  cipher.getAuthTag().copy(out, OVERHEAD - TAG_BYTES + n);
+  out.set(cipher.getAuthTag(), OVERHEAD - TAG_BYTES + n);
   return out;
 }
 
@@ -176,11 +175,13 @@ export function openChecked(fk: FieldKey, buf: Buffer): Buffer {
 function openBody(fk: FieldKey, buf: Buffer, rowKey: Uint8Array | undefined): Buffer {
   const n = buf.length;
   try {
+    // No `authTagLength` option: the envelope's framing fixes the tag at its last TAG_BYTES (16)
+    // bytes, so setAuthTag always gets a full-length tag (no truncated tag can be accepted), and
+    // the option's parsing is ~3% of a 256-byte decryption.
     const decipher = createDecipheriv(
       'aes-256-gcm',
       keyOf(fk),
       buf.subarray(IV_OFFSET, IV_OFFSET + IV_BYTES),
-      DECIPHER_OPTIONS,
     );
     if (rowKey === undefined) {
       decipher.setAAD(fk.aad);

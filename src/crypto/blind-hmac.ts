@@ -80,15 +80,26 @@ export function normalizeText(s: string, p: BlindParams): string {
 
 type Hmac = ReturnType<typeof hmac.create>;
 
-/** The HMAC state of a blind index key (library-internal: never exported from the package). */
+/**
+ * The working state of one index value: a copy of the key's keyed HMAC state (`_cloneInto`, which
+ * overwrites every field of an existing instance, so no hash object is allocated per value) and
+ * the 32-byte MAC. Shared by every key: values are computed synchronously, one at a time, and the
+ * state is zeroed as soon as each MAC is copied out (noble's `digestInto` destroys the HMAC, i.e.
+ * zeroes both hash states and buffers; the MAC buffer is filled with zeros by `blindValue`).
+ */
+let work: Hmac | undefined;
+const mac32 = new Uint8Array(32);
+
+/** The keyed HMAC state of a blind index key (library-internal: never exported from the package). */
 let macOf: (key: BlindKey) => Hmac;
 
 /**
  * A blind index key: HMAC-SHA256 keyed by a 32-byte subkey, with the inner and outer padded key
  * blocks hashed once, when the key is made. Each index value then costs two SHA-256 compressions
  * of its own (one for inputs up to 55 bytes, plus the outer one) on a copy of that state, with no
- * native call: node:crypto's `createHmac` sets up an OpenSSL MAC context per value, the largest part
- * of a lookup's cost when its code is cold after a database round trip.
+ * native call and no hash object allocated: node:crypto's `createHmac` sets up an OpenSSL MAC
+ * context per value, the largest part of a lookup's cost when its code is cold after a database
+ * round trip.
  *
  * SHA-256 has no secret-dependent branches or table lookups, so computing it in JavaScript is
  * constant-time like OpenSSL's. Implementation: `@noble/hashes` (audited), checked against
@@ -129,14 +140,28 @@ export class BlindKey {
   }
 }
 
+/** HMAC-SHA256 of `input` under `key` into `mac32` (the caller copies it out and zeroes it). */
+function macInto(key: BlindKey, input: Uint8Array): void {
+  // A copy of the keyed state: digestInto destroys the copy, never the key's own state.
+  const m = macOf(key)._cloneInto(work);
+  work = m;
+  m.update(input);
+  m.digestInto(mac32);
+}
+
 /** The stored index value of `input` (already normalized and encoded) under `key`. */
 export function blindValue(key: BlindKey, version: number, input: Uint8Array, bytes: number): Buffer {
-  // A copy of the keyed state: digest() zeroes the copy, never the key's own state.
-  const mac = macOf(key).clone().update(input).digest();
   const out = Buffer.allocUnsafe(1 + bytes);
-  out[0] = version;
-  out.set(mac.subarray(0, bytes), 1);
-  mac.fill(0);
+  try {
+    macInto(key, input);
+    out[0] = version;
+    out.set(mac32.subarray(0, bytes), 1);
+  } catch (e) {
+    work?.destroy();
+    throw e;
+  } finally {
+    mac32.fill(0);
+  }
   return out;
 }
 

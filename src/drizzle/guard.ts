@@ -196,6 +196,9 @@ interface Unary {
   readonly after: string;
 }
 
+/** Longer texts around a single operand are none of the shapes `unary`'s callers recognize. */
+const UNARY_MAX_TEXT = 64;
+
 function unary(chunks: readonly unknown[]): Unary | undefined {
   let operand: unknown;
   let n = 0;
@@ -213,6 +216,9 @@ function unary(chunks: readonly unknown[]): Unary | undefined {
       else before += chunkText(x);
     } else if (x !== undefined) seen = true;
   }
+  // The shapes recognized here (`is [not] null`, `[not] exists`) have short texts: longer ones
+  // (a condition with its text around one operand) are no match, without normalizing them.
+  if (before.length + after.length > UNARY_MAX_TEXT) return undefined;
   const norm = (t: string) => t.trim().toLowerCase().replace(/\s+/g, ' ');
   return {
     text: norm(before + after),
