@@ -441,6 +441,14 @@ describe('option validation', () => {
       /only allowed with a loopback apiEndpoint/,
     );
     expect(() => gcpKms({ keyName, insecure: true })).toThrow(ByokConfigError);
+    // look-alikes of loopback names are not loopback
+    for (const apiEndpoint of ['localhost.example.com', '127.0.0.1.example.com', 'my-localhost'])
+      expect(() => gcpKms({ keyName, apiEndpoint, port: 9010, insecure: true })).toThrow(
+        /only allowed with a loopback apiEndpoint/,
+      );
+    // host names are case-insensitive: the same rule as the other key managers' endpoints
+    for (const apiEndpoint of ['LOCALHOST', 'localhost', '127.0.0.1', '::1'])
+      expect(() => gcpKms({ keyName, apiEndpoint, port: 9010, insecure: true })).not.toThrow();
   });
 
   it('wants a bare host as apiEndpoint and sane numbers', () => {

@@ -3,7 +3,7 @@
  * or the platform KEK), written as the tenant's next version under its advisory lock, so creation is
  * race-safe across processes and never outruns a concurrent KEK change.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomFillSync, randomUUID } from 'node:crypto';
 import { and, eq, sql } from 'drizzle-orm';
 import { uuidToBytes } from '../crypto/envelope.ts';
 import { ByokError, TenantShreddedError } from '../errors.ts';
@@ -94,8 +94,8 @@ export class DekCreator {
       }
       const keks = t?.keks ?? [];
       const id = randomUUID();
-      const raw = Buffer.allocUnsafeSlow(32);
-      raw.set(randomBytes(32));
+      // Filled in place: no other buffer ever holds the key's bytes (this one is zeroed on eviction).
+      const raw = randomFillSync(Buffer.allocUnsafeSlow(32));
       let wraps: DekWrap[];
       try {
         wraps = await this.wrapForTenant(tenantId, id, raw, keks);

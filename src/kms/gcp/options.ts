@@ -1,6 +1,7 @@
 /** The options of `gcpKms`: the client shape, endpoint and retry settings, and their validation. */
 import type { CallOptions } from 'google-gax';
 import { ByokConfigError } from '../../errors.ts';
+import { isLoopbackHost } from '../loopback.ts';
 import { type GcpCredentials, type ParsedServiceAccount, parseServiceAccountKey } from './credentials.ts';
 import { type GcpKeyNameParts, parseGcpKeyName } from './resource-names.ts';
 
@@ -114,10 +115,6 @@ const DEFAULT_RETRY_DELAY_MS = 100;
 const HOST_RE =
   /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*$/;
 const IPV6_RE = /^\[?[0-9a-fA-F:]+\]?$/;
-
-function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127(?:\.\d{1,3}){3}$/.test(host);
-}
 
 /** The validated options, defaults applied. */
 export interface ResolvedOptions {
