@@ -85,7 +85,18 @@ export class DekCreator {
     const inTx = !this.#p.store.isStoreDb(db);
     const cacheIt = options.cache ?? true;
     for (let attempt = 0; attempt < 5; attempt++) {
-      await this.#p.store.run(() => db.insert(byokTenants).values({ tenantId }).onConflictDoNothing(), inTx);
+      // In a caller's transaction, in a savepoint of its own: under REPEATABLE READ or SERIALIZABLE
+      // a tenant row committed after the snapshot is a serialization failure, which must not abort
+      // the caller's transaction (the loader then reads the other instance's key; see loader.ts).
+      await this.#p.store.run(
+        () =>
+          inTx
+            ? asPgDb(db).transaction((sp) =>
+                sp.insert(byokTenants).values({ tenantId }).onConflictDoNothing(),
+              )
+            : db.insert(byokTenants).values({ tenantId }).onConflictDoNothing(),
+        inTx,
+      );
       const t = await this.#p.store.tenantKeks(tenantId, db);
       if (t?.state === 'shredded') {
         throw new TenantShreddedError(`tenant ${tenantId} was crypto-shredded: it cannot get new data keys`, {

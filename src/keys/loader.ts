@@ -6,9 +6,9 @@
  */
 import DataLoader from 'dataloader';
 import { and, eq, inArray } from 'drizzle-orm';
-import { DecryptionFailedError, KeyNotFoundError } from '../errors.ts';
+import { ByokError, DecryptionFailedError, KeyNotFoundError } from '../errors.ts';
 import { type AnyPgDatabase, asPgDb } from '../store/db.ts';
-import { rethrowStoreError } from '../store/errors.ts';
+import { hasSqlState, rethrowStoreError } from '../store/errors.ts';
 import type { DekCache, DekEntry } from './cache.ts';
 import type { DekCreator } from './create.ts';
 import type { EventHub, KeyringCounters } from './events.ts';
@@ -16,6 +16,10 @@ import type { KeyStore } from './key-store.ts';
 import { mapLimit } from './map-limit.ts';
 import { byokDeks } from '../store/schema-key-store.ts';
 import { asError, type Unwrapper } from './unwrap.ts';
+
+/** PostgreSQL SQLSTATEs of a key committed by another instance after a transaction's snapshot. */
+const SERIALIZATION_FAILURE = '40001';
+const UNIQUE_VIOLATION = '23505';
 
 /** What the loaders need of the keyring. */
 export interface LoaderParts {
@@ -312,7 +316,24 @@ export class DekLoader {
           `data key ${key.id} does not exist in the key store (wrong database, or deleted)`,
         );
       }
-      const created = await this.#create.createDek(key.tenantId, { rotate: false, db: txDb, cache: false });
+      let created: DekEntry;
+      try {
+        created = await this.#create.createDek(key.tenantId, { rotate: false, db: txDb, cache: false });
+      } catch (e) {
+        // REPEATABLE READ / SERIALIZABLE: another instance committed the tenant (or its first data
+        // key) after this transaction's snapshot. The snapshot cannot see that key and a second
+        // active one cannot exist: use the committed one, read from the store outside the snapshot
+        // (the statements that failed ran in savepoints, so the caller's transaction goes on).
+        if (!hasSqlState(e, [SERIALIZATION_FAILURE, UNIQUE_VIOLATION])) throw e;
+        if (this.#singleConnection) {
+          throw new ByokError(
+            `the first data key of tenant ${key.tenantId} was created by another instance after this ` +
+              'transaction began (repeatable read or serializable); retry the transaction',
+            { tenantId: key.tenantId, cause: e },
+          );
+        }
+        return shareInFlight(this.#inflightActive, key.tenantId, () => this.#activeLoader.load(key.tenantId));
+      }
       const mine = this.#txKeys.get(txDb);
       if (mine !== undefined) {
         mine.byId.set(created.id, created);
