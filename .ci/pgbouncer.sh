@@ -17,7 +17,8 @@ if ! command -v pgbouncer >/dev/null 2>&1; then
   fi
 fi
 port="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
-printf '"postgres" ""\n' >"$dir/users.txt"
+# postgres, and the app role of the row-level security tests (test/helpers/pooler.ts PGBOUNCER_APP_ROLE)
+printf '"postgres" ""\n"byok_rls_app" ""\n' >"$dir/users.txt"
 cat >"$dir/pgbouncer.ini" <<INI
 [databases]
 * = host=127.0.0.1 port=5432

@@ -21,18 +21,27 @@ import {
 } from '../src/index.ts';
 import { DATABASE_URL, DRIVERS, type DriverName, uniqueName, uniqueTenant } from './helpers/db.ts';
 import { DRIZZLE_1 } from './helpers/drizzle-version.ts';
+import { PGBOUNCER_APP_ROLE, POOLER_DRIVERS, pooledUrl } from './helpers/pooler.ts';
 
 /**
  * Database-enforced isolation: with `rls: true` the middleware sets `byok.tenant` per transaction,
  * and the policies make even raw `db.execute` inside `withTenant` see only that tenant's rows. The
  * app connects as a role without BYPASSRLS (superusers bypass every policy).
  */
-const TARGETS: { name: string; driver: DriverName }[] = DRIVERS.map((d) => ({ name: d, driver: d }));
+const TARGETS: { name: string; driver: DriverName; pooled?: boolean }[] = [
+  ...DRIVERS.map((d) => ({ name: d, driver: d })),
+  // Through PgBouncer in transaction pooling: the setting is transaction-local, so it travels with
+  // the transaction to whichever server connection runs it (the role is the one .ci/pgbouncer.sh
+  // lets in; PgBouncer admits only the users of its auth file).
+  ...POOLER_DRIVERS.map((d) => ({ name: `${d} through PgBouncer`, driver: d, pooled: true })),
+];
+
+let pooledDone = 0;
 
 for (const target of TARGETS) {
   describe(`row-level security mode on ${target.name}`, () => {
     const schema = uniqueName('rls');
-    const role = uniqueName('byok_app');
+    const role = target.pooled ? PGBOUNCER_APP_ROLE : uniqueName('byok_app');
     const A = uniqueTenant('a');
     const B = uniqueTenant('b');
     let keyring: Keyring;
@@ -41,7 +50,8 @@ for (const target of TARGETS) {
 
     beforeAll(async () => {
       const grants = [
-        `create role "${role}" login nosuperuser nobypassrls`,
+        // the fixed PgBouncer role may be left over from an interrupted run
+        `do $$ begin create role "${role}" login nosuperuser nobypassrls; exception when duplicate_object then null; end $$`,
         `create schema "${schema}"`,
         `create table "${schema}".docs (id uuid primary key default gen_random_uuid(), tenant_id text not null, title text, body bytea)`,
         ...rlsSql({ schema, name: 'docs' }, 'tenant_id'),
@@ -69,12 +79,17 @@ for (const target of TARGETS) {
         for (const g of grants) await admin.unsafe(g);
         await admin.unsafe(`grant all on all tables in schema byok to "${role}"`);
         await admin.unsafe(`grant all on all sequences in schema byok to "${role}"`);
-        const url = new URL(DATABASE_URL!);
+        const url = new URL(target.pooled ? pooledUrl() : DATABASE_URL!);
         url.username = role;
         const appUrl = url.toString();
         let end: () => Promise<void>;
         if (target.driver === 'postgres-js') {
-          const c = postgres(appUrl, { max: 4, onnotice: () => {} });
+          // through PgBouncer: no named prepared statements (they do not follow transactions)
+          const c = postgres(appUrl, {
+            max: 4,
+            onnotice: () => {},
+            ...(target.pooled ? { prepare: false } : {}),
+          });
           db = drizzlePostgres({ client: c });
           end = () => c.end();
         } else {
@@ -86,7 +101,10 @@ for (const target of TARGETS) {
           await end();
           await admin.unsafe(`drop schema "${schema}" cascade`);
           await admin.unsafe(`drop owned by "${role}"`);
-          await admin.unsafe(`drop role "${role}"`);
+          // PgBouncer keeps server connections of the fixed role: it stays until the last pooled
+          // suite is done (a role made again would be another role to those connections)
+          if (!target.pooled || ++pooledDone === TARGETS.filter((t) => t.pooled).length)
+            await admin.unsafe(`drop role "${role}"`);
           await admin.end();
         };
       }

@@ -12,6 +12,12 @@ import { relationalConfig } from './drizzle-version.ts';
  */
 export const PGBOUNCER_URL: string | undefined = process.env.BYOK_PGBOUNCER_URL || undefined;
 
+/**
+ * The one role besides `postgres` that `.ci/pgbouncer.sh` lets through (PgBouncer admits only the
+ * users of its auth file): the row-level security suite's app role, without BYPASSRLS.
+ */
+export const PGBOUNCER_APP_ROLE = 'byok_rls_app';
+
 /** Server drivers the isolation and concurrency suites also run through PgBouncer. */
 export const POOLER_DRIVERS: DriverName[] =
   PGBOUNCER_URL !== undefined && DATABASE_URL !== undefined ? ['postgres-js', 'node-postgres'] : [];
