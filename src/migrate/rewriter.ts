@@ -53,7 +53,7 @@ export class Rewriter {
    */
   async prepare(rows: Row[]): Promise<Prepared> {
     const keys = await loadKeys(this.run, rows);
-    const plan: Plan = { writes: new Map(), needKey: [], settled: [] };
+    const plan: Plan = { writes: [], needKey: [], settled: [] };
     for (let i = 0; i < rows.length; i += PLAN_SLICE) {
       if (i > 0) await new Promise((r) => setImmediate(r));
       this.planInto(rows, i, Math.min(rows.length, i + PLAN_SLICE), keys, plan);
@@ -63,7 +63,7 @@ export class Rewriter {
 
   /** Classifies rows and computes their new values with the loaded keys. */
   planRows(todo: readonly Row[], keys: BatchKeys): Plan {
-    const plan: Plan = { writes: new Map(), needKey: [], settled: [] };
+    const plan: Plan = { writes: [], needKey: [], settled: [] };
     this.planInto(todo, 0, todo.length, keys, plan);
     return plan;
   }
@@ -93,7 +93,7 @@ export class Rewriter {
           ? this.rewrite(row, actions, keys)
           : undefined;
       if (w === undefined || (w.cols.size === 0 && w.index.size === 0)) settled.push(actions);
-      else writes.set(row.k, { row, writes: w.cols, index: w.index, actions });
+      else writes.push({ row, writes: w.cols, index: w.index, actions });
     }
   }
 

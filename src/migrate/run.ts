@@ -168,8 +168,8 @@ export interface ColumnWrite {
 
 /** The classification of a batch's rows: what to write, what to retry, what to count. */
 export interface Plan {
-  /** Rows to rewrite, by key. */
-  readonly writes: Map<string, PlannedWrite>;
+  /** Rows to rewrite (each row of a batch once). */
+  readonly writes: PlannedWrite[];
   /** Rows whose keys must be reloaded before they can be planned. */
   readonly needKey: Row[];
   /** Actions of rows that need no write, counted when the batch is written. */

@@ -216,22 +216,23 @@ export class Worker {
     for (;;) {
       if (first) {
         first = false;
-        await this.run.opts.hooks?.beforeLock?.([...writes.keys()]);
+        await this.run.opts.hooks?.beforeLock?.(writes.map((w) => w.row.k));
       } else {
         ({ writes, needKey, settled } = this.#rewriter.planRows(todo, keys));
       }
       for (const actions of settled) this.run.count(actions);
       const out = await this.#writer.write(chunk, writes, needKey.length === 0 ? advance : undefined);
       if (!out.owned) throw new LeaseLost();
-      for (const k of out.updated) {
-        const w = writes.get(k)!;
+      // Every planned row written (the common case), or the ones the statement names.
+      const done = out.all ? undefined : new Set(out.updated);
+      const written = done === undefined ? writes : writes.filter((w) => done.has(w.row.k));
+      for (const w of written) {
         this.run.count(w.actions);
         this.run.result.indexed += w.index.size;
       }
       if (out.updated.length > 0) await this.run.opts.hooks?.afterCommit?.(out.updated);
       if (out.advanced) return;
-      const done = new Set(out.updated);
-      const failed = [...writes.values()].filter((w) => !done.has(w.row.k)).map((w) => w.row);
+      const failed = done === undefined ? [] : writes.filter((w) => !done.has(w.row.k)).map((w) => w.row);
       if (failed.length === 0 && needKey.length === 0) break;
       // Read the rows again: changed ones are planned from their new value; deleted ones drop out.
       const again = await this.#writer.readKeys([...failed, ...needKey].map((r) => r.k));

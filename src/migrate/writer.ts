@@ -71,20 +71,26 @@ export class Writer {
    */
   async write(
     chunk: Chunk,
-    writes: Map<string, PlannedWrite>,
+    writes: readonly PlannedWrite[],
     advance: Advance | undefined,
-  ): Promise<{ owned: boolean; updated: string[]; advanced: boolean }> {
-    if (writes.size === 0) {
+  ): Promise<{ owned: boolean; updated: string[]; all: boolean; advanced: boolean }> {
+    if (writes.length === 0) {
       const owned = await this.checkpoint(chunk, 0, advance);
-      return { owned, updated: [], advanced: owned && advance !== undefined };
+      return { owned, updated: [], all: owned, advanced: owned && advance !== undefined };
     }
-    const list = [...writes.values()];
+    const list = writes;
     const n = list.length;
+    // The columns and indexes written by any row (a column's kind, target or source, is the
+    // column's): most batches write every one, found in the first rows.
     const used = new Map<number, 'target' | 'source'>();
     const idxUsed = new Set<number>();
-    for (let r = 0; r < n; r++) {
+    const nCols = this.run.t.columns.length;
+    const nIdx = this.run.indexes.length;
+    for (let r = 0; r < n && (used.size < nCols || idxUsed.size < nIdx); r++) {
       const w = list[r]!;
-      for (const [i, cw] of w.writes) used.set(i, cw.source !== undefined ? 'source' : 'target');
+      w.writes.forEach((cw, i) => {
+        if (!used.has(i)) used.set(i, cw.source !== undefined ? 'source' : 'target');
+      });
       if (w.index.size > 0) for (const j of w.index.keys()) idxUsed.add(j);
     }
     const cols = [...used.keys()].sort((a, b) => a - b);
@@ -155,7 +161,7 @@ export class Writer {
     }
     const key = ident(this.run.t.key);
     const keyType = sql.raw(this.run.t.keyType);
-    const all = sql`(SELECT count(*) FROM u) = ${writes.size}::int`;
+    const all = sql`(SELECT count(*) FROM u) = ${n}::int`;
     const [r] = await query<{ updated: string | null; owned: number; advanced: boolean }>(
       this.run.db,
       sql`WITH v AS (
@@ -180,8 +186,9 @@ export class Writer {
     );
     const owned = (r?.owned ?? 0) > 0;
     // Every planned row written: the statement leaves the list out (the keys are the planned ones).
-    const updated = r?.updated == null ? (owned ? keys : []) : (JSON.parse(r.updated) as string[]);
-    return { owned, updated, advanced: owned && r?.advanced === true };
+    const everyRow = owned && r?.updated == null;
+    const updated = everyRow ? keys : r?.updated == null ? [] : (JSON.parse(r.updated) as string[]);
+    return { owned, updated, all: everyRow, advanced: owned && r?.advanced === true };
   }
 
   checkpointSql(chunk: Chunk, values: SQL | number, advance: Advance | undefined, when?: SQL): SQL {
