@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { inspect } from 'node:util';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { contextBytes, deriveFieldKey, keyOf, open, seal } from '../src/crypto/aead.ts';
+import { contextBytes, deriveFieldKey, idEquals, idWordsOf, keyOf, open, seal } from '../src/crypto/aead.ts';
 import {
   bigintCodec,
   booleanCodec,
@@ -101,6 +101,30 @@ describe('AES-256-GCM field envelope', () => {
         }
       }),
       { numRuns: 300 },
+    );
+  });
+
+  it('idEquals: true exactly when the 16 id bytes at the offset are equal; a buffer too short is never equal (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ minLength: 16, maxLength: 16 }),
+        fc.uint8Array({ minLength: 0, maxLength: 40 }),
+        fc.integer({ min: 0, max: 8 }),
+        (id, buf, at) => {
+          const b = Buffer.from(buf);
+          const words = idWordsOf(id);
+          const same = b.length >= at + 16 && b.subarray(at, at + 16).equals(Buffer.from(id));
+          expect(idEquals(b, at, words)).toBe(same);
+          // the id itself, placed at the offset, is equal; one flipped bit is not
+          const placed = Buffer.concat([Buffer.alloc(at), Buffer.from(id)]);
+          expect(idEquals(placed, at, words)).toBe(true);
+          placed[at + (buf.length % 16)]! ^= 1;
+          expect(idEquals(placed, at, words)).toBe(false);
+          // all-zero ids and buffers cut short: never equal
+          expect(idEquals(Buffer.alloc(at + 15), at, idWordsOf(new Uint8Array(16)))).toBe(false);
+        },
+      ),
+      { numRuns: 500 },
     );
   });
 

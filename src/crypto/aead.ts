@@ -65,11 +65,14 @@ export class FieldKey {
 
 /** Whether the 16 bytes of `buf` at `at` equal `words`. */
 export function idEquals(buf: Buffer, at: number, words: readonly [number, number, number, number]): boolean {
+  // Big-endian words read with shifts (half the cost of readUInt32BE's argument checks). A
+  // missing byte would read as 0: a buffer too short for an id never equals one.
+  if (buf.length < at + 16) return false;
   return (
-    buf.readUInt32BE(at) === words[0] &&
-    buf.readUInt32BE(at + 4) === words[1] &&
-    buf.readUInt32BE(at + 8) === words[2] &&
-    buf.readUInt32BE(at + 12) === words[3]
+    ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0 === words[0] &&
+    ((buf[at + 4]! << 24) | (buf[at + 5]! << 16) | (buf[at + 6]! << 8) | buf[at + 7]!) >>> 0 === words[1] &&
+    ((buf[at + 8]! << 24) | (buf[at + 9]! << 16) | (buf[at + 10]! << 8) | buf[at + 11]!) >>> 0 === words[2] &&
+    ((buf[at + 12]! << 24) | (buf[at + 13]! << 16) | (buf[at + 14]! << 8) | buf[at + 15]!) >>> 0 === words[3]
   );
 }
 
