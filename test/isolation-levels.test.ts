@@ -3,7 +3,9 @@
  * instance creates the tenant's first data key after the transaction's snapshot: the transaction
  * cannot see that key, and creating a second active one would hit the store's one-active-key-per-
  * tenant index. It must use the key the other instance committed (read from the store, outside
- * the snapshot), write, commit, and leave one active data key with every row readable.
+ * the snapshot), write, commit, and leave one active data key with every row readable. And when
+ * the tenant brings its own key (another instance's enableByok) after the snapshot, the first data
+ * key must be wrapped under that key, never under the KEK set the snapshot still shows.
  */
 import { randomBytes } from 'node:crypto';
 import { and, eq, sql } from 'drizzle-orm';
