@@ -8,13 +8,25 @@
  * key must be wrapped under that key, never under the KEK set the snapshot still shows.
  */
 import { randomBytes } from 'node:crypto';
-import { and, eq, sql } from 'drizzle-orm';
+import { eq, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKeyring, localKek, withAnyTenant, withEncryption, withTenant } from '../src/index.ts';
 import { awsKekFactory, awsKms } from '../src/kms/aws/index.ts';
 import { type AwsKmsServer, startAwsKmsServer } from '../src/testing/aws/index.ts';
 import { DATABASE_URL, openDb, type TestDb, uniqueTenant } from './helpers/db.ts';
 import { type EncryptedDb, setupEncryptedDb } from './helpers/setup.ts';
+
+/**
+ * Both snapshot isolation levels, the tenant new to the store or known to it before the snapshot
+ * (e.g. its BYOK key was set up first: then it is the data key's insert, not the tenant row's, that
+ * meets the other instance's work).
+ */
+const CASES = [
+  ['repeatable read', false],
+  ['serializable', false],
+  ['repeatable read', true],
+  ['serializable', true],
+] as const;
 
 describe.runIf(DATABASE_URL !== undefined)(
   'first writes in repeatable read and serializable transactions',
@@ -40,14 +52,7 @@ describe.runIf(DATABASE_URL !== undefined)(
       await aws?.close();
     });
 
-    for (const [isolationLevel, known] of [
-      ['repeatable read', false],
-      ['serializable', false],
-      // the tenant is known to the store before the snapshot (e.g. its BYOK key was set up first):
-      // then it is the data key's insert that meets the other instance's key
-      ['repeatable read', true],
-      ['serializable', true],
-    ] as const) {
+    for (const [isolationLevel, known] of CASES) {
       it(`${isolationLevel}${known ? ', tenant known before' : ''}: a data key committed after the snapshot is used, not duplicated`, async () => {
         const T = uniqueTenant('iso');
         const p = e.s.patients;
@@ -68,10 +73,7 @@ describe.runIf(DATABASE_URL !== undefined)(
         expect(n).toBe(1);
         for (const db of [e.db, other.db]) {
           const rows = await withTenant(T, () =>
-            db
-              .select({ name: p.name })
-              .from(p)
-              .where(and(eq(p.tenantId, T))),
+            db.select({ name: p.name }).from(p).where(eq(p.tenantId, T)),
           );
           expect(rows.map((r) => r.name).sort()).toEqual(['from the other', 'from the transaction']);
         }
@@ -79,12 +81,7 @@ describe.runIf(DATABASE_URL !== undefined)(
       });
     }
 
-    for (const [isolationLevel, known] of [
-      ['repeatable read', false],
-      ['serializable', false],
-      ['repeatable read', true],
-      ['serializable', true],
-    ] as const) {
+    for (const [isolationLevel, known] of CASES) {
       it(`${isolationLevel}${known ? ', tenant known before' : ''}: the first data key is wrapped under the KEKs the tenant has now, not those of the snapshot`, async () => {
         const T = uniqueTenant('isokek');
         if (known) await e.tdb.raw('insert into byok.tenants (tenant_id) values ($1)', [T]);

@@ -146,6 +146,11 @@ export class DekLoader {
     this.#events.emit({ type: 'cache', outcome: 'miss', tenantId, dekId: 'active' });
     if (txDb !== undefined && !this.#store.own)
       return this.loadInTransaction(txDb, { tenantId }).catch(rethrowStoreError);
+    return this.#loadActiveFromStore(tenantId);
+  }
+
+  /** The tenant's active data key through the store's own connections (batched, shared in flight). */
+  #loadActiveFromStore(tenantId: string): Promise<DekEntry> {
     return shareInFlight(this.#inflightActive, tenantId, () =>
       this.#activeLoader.load(tenantId).catch(rethrowStoreError),
     );
@@ -332,7 +337,7 @@ export class DekLoader {
             { tenantId: key.tenantId, cause: e },
           );
         }
-        return shareInFlight(this.#inflightActive, key.tenantId, () => this.#activeLoader.load(key.tenantId));
+        return this.#loadActiveFromStore(key.tenantId);
       }
       const mine = this.#txKeys.get(txDb);
       if (mine !== undefined) {

@@ -78,8 +78,7 @@ export class Writer {
       const owned = await this.checkpoint(chunk, 0, advance);
       return { owned, updated: [], all: owned, advanced: owned && advance !== undefined };
     }
-    const list = writes;
-    const n = list.length;
+    const n = writes.length;
     // The columns and indexes written by any row (a column's kind, target or source, is the
     // column's): most batches write every one, found in the first rows.
     const used = new Map<number, 'target' | 'source'>();
@@ -87,7 +86,7 @@ export class Writer {
     const nCols = this.run.t.columns.length;
     const nIdx = this.run.indexes.length;
     for (let r = 0; r < n && (used.size < nCols || idxUsed.size < nIdx); r++) {
-      const w = list[r]!;
+      const w = writes[r]!;
       w.writes.forEach((cw, i) => {
         if (!used.has(i)) used.set(i, cw.source !== undefined ? 'source' : 'target');
       });
@@ -105,7 +104,7 @@ export class Writer {
     const colValues = cols.map(() => new Array<string | null>(n));
     const idxValues = idxCols.map(() => new Array<string | null>(n));
     for (let r = 0; r < n; r++) {
-      const { row, writes: w, index } = list[r]!;
+      const { row, writes: w, index } = writes[r]!;
       keys[r] = row.k;
       xmins[r] = row.x;
       counts[r] = COUNT_TEXT[w.size] ?? String(w.size);

@@ -94,12 +94,12 @@ function unavailable(c: object): string | undefined {
   return undefined;
 }
 
-/** `e`, its causes, and the errors of any AggregateError on the way (bounded, cycle-safe). */
 /** Whether a driver error in `e`'s cause chain has one of the PostgreSQL SQLSTATEs `codes`. */
 export function hasSqlState(e: unknown, codes: readonly string[]): boolean {
   return causes(e).some((c) => codes.includes(codeOf(c)));
 }
 
+/** `e`, its causes, and the errors of any AggregateError on the way (bounded, cycle-safe). */
 function causes(e: unknown): object[] {
   const out: object[] = [];
   const todo: unknown[] = [e];
